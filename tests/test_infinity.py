@@ -44,7 +44,9 @@ def test_cached_steps_equal_teacher_forced_forward() -> None:
             if si > 0:
                 start = offsets[si] - 1
                 x = model.embed(inputs[:, start : start + schedule.tokens_per_scale[si]])
-            h = model.forward_scale(x, text, scale=si, schedule=schedule, rope=rope, cache=cache, layout=layout)
+            h = model.forward_scale(
+                x, text, scale=si, schedule=schedule, rope=rope, cache=cache, layout=layout
+            )
             steps.append(model.logits(h, text))
     stepped = torch.cat(steps, dim=1)
     assert stepped.shape == full.shape == (2, schedule.total_tokens, 2 * model.cfg.bits)
@@ -74,8 +76,9 @@ def _dump(path: Path) -> dict[str, tuple[int, ...]]:
     return out
 
 
-@pytest.mark.parametrize(("preset", "dump"), [("infinity-2b", "infinity_2b_keys.txt"),
-                                               ("infinity-8b", "infinity_8b_keys.txt")])
+@pytest.mark.parametrize(
+    ("preset", "dump"), [("infinity-2b", "infinity_2b_keys.txt"), ("infinity-8b", "infinity_8b_keys.txt")]
+)
 def test_meta_build_matches_official_keys(preset: str, dump: str, shared_research: Path) -> None:
     with torch.device("meta"):
         model = Infinity(get_preset(preset).transformer)

@@ -125,7 +125,9 @@ class KVCache:
         self.k: list[torch.Tensor | None] = [None] * depth
         self.v: list[torch.Tensor | None] = [None] * depth
 
-    def append(self, layer: int, k_BHLc: torch.Tensor, v_BHLc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def append(
+        self, layer: int, k_BHLc: torch.Tensor, v_BHLc: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         old_k, old_v = self.k[layer], self.v[layer]
         if old_k is not None and old_v is not None:
             k_BHLc, v_BHLc = torch.cat((old_k, k_BHLc), dim=2), torch.cat((old_v, v_BHLc), dim=2)
@@ -146,7 +148,9 @@ class KVCache:
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The self-attention kernel: softmax scale 1, since cosine attention carries its own per-head scale."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype), scale=1.0)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=None if bias is None else bias.to(q.dtype), scale=1.0
+    )
 
 
 def bf16_rounded_attend(scale: float) -> AttendFn:
@@ -239,10 +243,13 @@ def pad_packed(feats_NC: torch.Tensor, lens: Sequence[int]) -> tuple[torch.Tenso
     tokens; equivalent to upstream's varlen kernel (``cu_seqlens_k``)."""
     rows = torch.split(feats_NC, list(lens))
     padded = nn.utils.rnn.pad_sequence(list(rows), batch_first=True)
-    valid = torch.arange(padded.shape[1], device=feats_NC.device)[None, :] < torch.tensor(
-        list(lens), device=feats_NC.device
-    )[:, None]
-    bias = torch.zeros(valid.shape, dtype=torch.float32, device=feats_NC.device).masked_fill(~valid, -math.inf)
+    valid = (
+        torch.arange(padded.shape[1], device=feats_NC.device)[None, :]
+        < torch.tensor(list(lens), device=feats_NC.device)[:, None]
+    )
+    bias = torch.zeros(valid.shape, dtype=torch.float32, device=feats_NC.device).masked_fill(
+        ~valid, -math.inf
+    )
     return padded, rearrange(bias, "b t -> b 1 1 t")
 
 

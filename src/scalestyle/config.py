@@ -50,7 +50,9 @@ class InfinityConfig:
                 "(text_channels / 128)"
             )
         if self.mlp_hidden < 1:
-            raise ValueError(f"width * mlp_ratio = {self.width * self.mlp_ratio} rounds to an empty FFN (< 128)")
+            raise ValueError(
+                f"width * mlp_ratio = {self.width * self.mlp_ratio} rounds to an empty FFN (< 128)"
+            )
         if not 1 <= self.num_levels <= 64:
             raise ValueError(f"num_levels must be in [1, 64], got {self.num_levels}")
 
@@ -202,4 +204,3 @@ def get_preset(name: str) -> ModelPreset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}") from None
-

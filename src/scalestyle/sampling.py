@@ -58,7 +58,7 @@ def sample_bits(
     Upstream `sample_with_top_k_top_p_also_inplace_modifying_logits_` on the (B, L*D, 2) view: top-k is
     clamped to the 2 choices, top-p drops the minority bit when its probability is <= 1 - top_p.
     """
-    B, L, V = logits_BlV.shape
+    B, L, _ = logits_BlV.shape
     logits = rearrange(logits_BlV, "b l (d two) -> b (l d) two", two=2).clone()
     if top_k > 0:
         k = min(top_k, 2)
@@ -94,7 +94,9 @@ def run_scales(
     S = schedule.num_scales
     for p in paths:
         if len(p.given_bits) > S:
-            raise ValueError(f"path {p.name!r} gives bits for {len(p.given_bits)} scales; the schedule has {S}")
+            raise ValueError(
+                f"path {p.name!r} gives bits for {len(p.given_bits)} scales; the schedule has {S}"
+            )
         if p.last_scale is not None and not 0 <= p.last_scale < S:
             raise ValueError(f"path {p.name!r}: last_scale {p.last_scale} outside [0, {S - 1}]")
     by_name = {p.name: p for p in paths}
@@ -139,7 +141,9 @@ def run_scales(
             else:
                 bits[name] = rearrange(
                     _draw(model, hidden_BLC, text, layout, name, sampling, generators[name]),
-                    "b (h w) d -> b h w d", h=h, w=w,
+                    "b (h w) d -> b h w d",
+                    h=h,
+                    w=w,
                 )
             codes = bits_to_codes(bits[name], patchify)
             if si < S - 1:

@@ -158,8 +158,9 @@ class Infinity(nn.Module):
     def rope_table(self, schedule: Schedule, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin (L, c/2) for every token of the schedule (the template's 1M table, sliced)."""
         y_L, x_L = rope_positions(schedule.template)
-        angles = rope_angles(y_L[: schedule.total_tokens], x_L[: schedule.total_tokens], self.cfg.head_dim,
-                             self.cfg.rope_theta).to(device)
+        angles = rope_angles(
+            y_L[: schedule.total_tokens], x_L[: schedule.total_tokens], self.cfg.head_dim, self.cfg.rope_theta
+        ).to(device)
         return angles.cos(), angles.sin()
 
     def start_tokens(self, text: TextCondition) -> torch.Tensor:
@@ -228,7 +229,9 @@ class Infinity(nn.Module):
 
     # ---- initialisation ------------------------------------------------------------------------------
     @torch.no_grad()
-    def init_weights(self, generator: torch.Generator, init_head: float = 0.02, init_gamma: float = 1e-5) -> None:
+    def init_weights(
+        self, generator: torch.Generator, init_head: float = 0.02, init_gamma: float = 1e-5
+    ) -> None:
         """Random initialisation for training from scratch, after upstream `Infinity.init_weights`: small
         truncated-normal linears, residual gates (gamma rows of the AdaLN) near zero, a small head."""
         C, std = self.cfg.width, math.sqrt(1 / self.cfg.width / 3)

@@ -1,0 +1,182 @@
+"""The `scalestyle` command line: a thin layer over the Python API with the same argument names.
+
+Every user error (bad preset, missing weights, unwritable path, empty prompt) ends in one line on stderr
+and exit status 2; a progress bar over scales goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from scalestyle.schedules import PN_NUM_SCALES, parse_aspect
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line."""
+
+
+def _writable_png(path_text: str) -> Path:
+    path = Path(path_text)
+    if path.suffix.lower() != ".png":
+        raise CliError(f"--out must name a .png file, got {path_text!r}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise CliError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CliError(f"cannot write {path}: permission denied")
+    return path
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Callable[[object], None]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="scale", disable=not enabled, leave=False, file=sys.stderr)
+
+    def step(_event: object) -> None:
+        bar.update(1)
+        if bar.n >= total:
+            bar.close()
+
+    return step
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default=None,
+        help="preset (infinity-2b, infinity-8b) or model folder; default: the bundled demo model",
+    )
+    p.add_argument("--random-weights", action="store_true", help="build the preset with random weights")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--tau", type=float, default=0.5)
+    p.add_argument("--top-k", type=int, default=900)
+    p.add_argument("--top-p", type=float, default=0.97)
+    p.add_argument("--aspect", default="1:1", help="H:W, snapped to the nearest of the 15 templates")
+    p.add_argument(
+        "--pn", default=None, choices=sorted(PN_NUM_SCALES), help="pixel budget (default: model's)"
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from scalestyle.metadata import write_png
+    from scalestyle.pipeline import Pipeline
+
+    if not args.prompt.strip():
+        raise CliError("--prompt must be non-empty text")
+    out = _writable_png(args.out)
+    h_div_w = parse_aspect(args.aspect)
+    pipe = Pipeline.load(args.model, device=args.device, random_weights=args.random_weights)
+    schedule = pipe.schedule_for(h_div_w=h_div_w, pn=args.pn)
+    result = pipe(
+        args.prompt,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        cfg=args.cfg,
+        tau=args.tau,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        h_div_w=h_div_w,
+        pn=args.pn,
+        on_scale=_progress(schedule.num_scales, "generate", not args.quiet),
+    )
+    write_png(result.images[0], out, result.metadata[0])
+    if not args.quiet:
+        sys.stderr.write(f"wrote {out} ({result.images[0].width}x{result.images[0].height})\n")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from scalestyle.bench import bench_generate
+    from scalestyle.pipeline import Pipeline
+
+    pipe = Pipeline.load(args.model, device=args.device, random_weights=args.random_weights)
+    report = bench_generate(
+        pipe,
+        prompt=args.prompt,
+        cfg=args.cfg,
+        pn=args.pn,
+        runs=args.runs,
+        warmup=args.warmup,
+        batch=args.batch,
+    )
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        sys.stdout.write(
+            f"{report['model']} {report['size_hw'][0]}x{report['size_hw'][1]} pn {report['pn']}"
+            f" cfg {report['cfg']} on {report['machine']['device']}:"
+            f" {report['seconds_per_image']:.3f} s/image, "
+            f"{report['tokens_per_second']:.0f} tokens/s, peak {report['peak_memory_mb']:.0f} MB\n"
+        )
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from scalestyle.pipeline import default_home
+    from scalestyle.weights import download
+
+    dest = Path(args.dest) if args.dest else default_home() / args.preset
+    path = download(args.preset, dest, token=args.token)
+    sys.stderr.write(f"downloaded {args.preset} to {path}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scalestyle", description=__doc__.splitlines()[0] if __doc__ else ""
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="text-to-image")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--out", required=True, help="output .png")
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--quiet", action="store_true")
+    _add_model_args(gen)
+    _add_sampling_args(gen)
+    gen.set_defaults(func=cmd_generate)
+
+    bench = sub.add_parser("bench", help="time generation")
+    _add_model_args(bench)
+    bench.add_argument("--prompt", default="a photo of a cat")
+    bench.add_argument("--cfg", type=float, default=3.0)
+    bench.add_argument("--pn", default=None, choices=sorted(PN_NUM_SCALES))
+    bench.add_argument("--runs", type=int, default=5)
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--batch", type=int, default=1)
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+
+    dl = sub.add_parser("download", help="fetch official weights from the Hugging Face hub")
+    dl.add_argument("preset", choices=["infinity-2b", "infinity-8b"])
+    dl.add_argument("--dest", default=None)
+    dl.add_argument("--token", default=None)
+    dl.set_defaults(func=cmd_download)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from scalestyle.weights import WeightsError
+
+    try:
+        return int(args.func(args))
+    except (CliError, ValueError, WeightsError, FileNotFoundError, PermissionError) as err:
+        sys.stderr.write(f"scalestyle: error: {err}\n")
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

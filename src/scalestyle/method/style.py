@@ -1,0 +1,246 @@
+"""Training-free style personalization on a scale-wise AR model: three paths, Feature Initialization, Key
+Stage Attention Sharing (KSAS) and Adaptive Query Sharing (AQS).
+
+Three paths run in one batch, each with its own caption: content ("<content>"), style ("<style>", teacher-
+forced with the reference image's own bits so its q, k, v are the reference's) and generation
+("<content> in <style>"). Feature Initialization gives the generation path the reference's bits at the
+first scales; at the key stages its self-attention takes the content path's queries over the content and
+style keys with its own and the style values; at the fine stages its queries blend with the content
+queries by their cosine similarity. Settled readings of the paper (``shared/research/method_notes.md``):
+
+- Steps: convention "A" (default) numbers all scales from 1, the start token being step 1, so
+  S_key = {2, 3} and S_fine = {4..7} are scale indices {1, 2} and {3..6}; convention "B" takes the paper's
+  steps as upstream's 0-based loop index (S_key = scale indices {2, 3}).
+- Feature Initialization replaces the generation path's *inputs* at steps <= min(S_key): the input of
+  scale j is made from the bits of scales < j, so the bits of scales before the first key scale are the
+  reference's (one scale under A, two under B). ``init_scales`` overrides the count.
+- KSAS is implemented as written (q from content, keys [K_con; K_sty], values [V_gen; V_sty]); each
+  source is a setting.
+- AQS alpha is per token and head by default, unclamped; granularity and clamp are settings.
+- CFG: unconditional rows share like conditional ones, pairing uncond rows with uncond rows, so that the
+  guidance direction isolates the caption's effect under the same attention edit ("plain" leaves them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import torch
+from PIL import Image
+
+from scalestyle.config import SamplingConfig
+from scalestyle.images import preprocess
+from scalestyle.method.rules import CosBlend, From, Rule, RuleController
+from scalestyle.pipeline import GenerationOutput, Pipeline
+from scalestyle.sampling import PathPlan, ScaleEvent, run_scales
+from scalestyle.schedules import Schedule
+
+PATHS = ("con", "sty", "gen")
+
+
+@dataclass(frozen=True)
+class StyleConfig:
+    key_steps: tuple[int, ...] = (2, 3)
+    fine_steps: tuple[int, ...] = (4, 5, 6, 7)
+    convention: Literal["A", "B"] = "A"
+    init: bool = True
+    ksas: bool = True
+    aqs: bool = True
+    init_scales: int | None = None
+    ksas_q: str = "con"
+    ksas_k: tuple[str, ...] = ("con", "sty")
+    ksas_v: tuple[str, ...] = ("gen", "sty")
+    aqs_granularity: Literal["token", "head", "layer"] = "token"
+    aqs_clamp_min: float | None = None
+    cfg_rows: Literal["share", "plain"] = "share"
+    prune: bool = True
+
+    def __post_init__(self) -> None:
+        if self.convention not in ("A", "B"):
+            raise ValueError(f"convention must be 'A' or 'B', got {self.convention!r}")
+        lowest = 1 if self.convention == "A" else 0
+        for name in ("key_steps", "fine_steps"):
+            steps = getattr(self, name)
+            if any(s < lowest + 1 for s in steps):
+                raise ValueError(
+                    f"{name} {steps}: steps must be >= {lowest + 1} (the start token has no image)"
+                )
+        for name in ("ksas_q", *(f"ksas_{x}" for x in "kv")):
+            value = getattr(self, name)
+            for p in (value,) if isinstance(value, str) else value:
+                if p not in PATHS:
+                    raise ValueError(f"{name}: path {p!r} is not one of {PATHS}")
+        if self.init_scales is not None and self.init_scales < 0:
+            raise ValueError(f"init_scales must be >= 0, got {self.init_scales}")
+
+    @classmethod
+    def ablation(cls, name: str) -> StyleConfig:
+        """Table 2 of the paper: (a) baseline, (b) +Init, (c) +Init+KSAS, (d) full (+AQS)."""
+        table = {
+            "a": cls(init=False, ksas=False, aqs=False),
+            "b": cls(init=True, ksas=False, aqs=False),
+            "c": cls(init=True, ksas=True, aqs=False),
+            "d": cls(),
+        }
+        if name not in table:
+            raise ValueError(f"ablation must be one of {sorted(table)}, got {name!r}")
+        return table[name]
+
+    def to_scale(self, step: int) -> int:
+        return step - 1 if self.convention == "A" else step
+
+    def key_scales(self, schedule: Schedule) -> frozenset[int]:
+        return self._scales(self.key_steps, schedule, "key_steps")
+
+    def fine_scales(self, schedule: Schedule) -> frozenset[int]:
+        return self._scales(self.fine_steps, schedule, "fine_steps")
+
+    def _scales(self, steps: Sequence[int], schedule: Schedule, name: str) -> frozenset[int]:
+        scales = frozenset(self.to_scale(s) for s in steps)
+        if scales and max(scales) >= schedule.num_scales:
+            raise ValueError(
+                f"{name} {tuple(steps)} reach beyond the schedule's {schedule.num_scales} scales "
+                f"(convention {self.convention})"
+            )
+        return scales
+
+    def num_init_scales(self, schedule: Schedule) -> int:
+        if not self.init:
+            return 0
+        if self.init_scales is not None:
+            if self.init_scales > schedule.num_scales:
+                raise ValueError(
+                    f"init_scales {self.init_scales} > the schedule's {schedule.num_scales} scales"
+                )
+            return self.init_scales
+        key = self.key_scales(schedule)
+        return min(key) if key else 0
+
+    def rules(self, schedule: Schedule) -> list[Rule]:
+        rules = []
+        if self.ksas and self.key_steps:
+            rules.append(
+                Rule(
+                    self.key_scales(schedule),
+                    "gen",
+                    From(self.ksas_q),
+                    tuple(From(p) for p in self.ksas_k),
+                    tuple(From(p) for p in self.ksas_v),
+                    cfg_rows=self.cfg_rows,
+                    name="ksas",
+                )
+            )
+        if self.aqs and self.fine_steps:
+            q = CosBlend("gen", "con", self.aqs_granularity, self.aqs_clamp_min)
+            rules.append(
+                Rule(
+                    self.fine_scales(schedule),
+                    "gen",
+                    q,
+                    (From("gen"),),
+                    (From("gen"),),
+                    cfg_rows=self.cfg_rows,
+                    name="aqs",
+                )
+            )
+        return rules
+
+
+@dataclass(frozen=True)
+class StylePrompts:
+    content: str
+    style: str
+    generation: str
+
+
+def make_prompts(
+    prompt: str, style_prompt: str, *, content_prompt: str | None, gen_prompt: str | None
+) -> StylePrompts:
+    if not prompt.strip():
+        raise ValueError("prompt must be non-empty text")
+    if not style_prompt.strip():
+        raise ValueError("style_prompt must be non-empty text (e.g. 'watercolor painting style')")
+    return StylePrompts(content_prompt or prompt, style_prompt, gen_prompt or f"{prompt} in {style_prompt}")
+
+
+class StylePipeline:
+    """Style personalization with a loaded :class:`Pipeline` (same model, same sampling settings)."""
+
+    def __init__(self, pipe: Pipeline) -> None:
+        self.pipe = pipe
+
+    def reference_bits(self, image: Image.Image, schedule: Schedule) -> tuple[torch.Tensor, ...]:
+        stride = self.pipe.preset.vae.stride
+        h, w = schedule.last_grid
+        img_3PP = preprocess(image, (h * stride, w * stride)).to(self.pipe.device)
+        with torch.inference_mode(), self.pipe.autocast():
+            enc = self.pipe.vae.encode_multiscale(img_3PP[None].float(), schedule.grids)
+        return tuple(b.long() for b in enc.bits)
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompt: str,
+        style_image: Image.Image | None = None,
+        *,
+        style_prompt: str,
+        content_prompt: str | None = None,
+        gen_prompt: str | None = None,
+        style: StyleConfig | None = None,
+        seed: int = 0,
+        cfg: float = 3.0,
+        tau: float = 0.5,
+        top_k: int = 900,
+        top_p: float = 0.97,
+        h_div_w: float = 1.0,
+        pn: str | None = None,
+        on_scale: Callable[[ScaleEvent], None] | None = None,
+    ) -> GenerationOutput:
+        style = style or StyleConfig()
+        if style_image is None and style.init:
+            # text-only style-aligned mode: there are no reference features to initialise from
+            style = replace(style, init=False)
+        prompts = make_prompts(prompt, style_prompt, content_prompt=content_prompt, gen_prompt=gen_prompt)
+        sampling = SamplingConfig(
+            cfg=cfg, tau=tau, top_k=top_k, top_p=top_p, seed=seed, h_div_w=h_div_w, pn=pn
+        )
+        schedule = self.pipe.schedule_for(h_div_w=h_div_w, pn=pn)
+        controller = RuleController(style.rules(schedule))
+        ref_bits: tuple[torch.Tensor, ...] = ()
+        if style_image is not None:
+            ref_bits = self.reference_bits(style_image, schedule)
+        n_init = style.num_init_scales(schedule)
+
+        text = self.pipe.encode_text([prompts.content, prompts.style, prompts.generation])
+        plans = [PathPlan("con", text.rows([0])), PathPlan("sty", text.rows([1]), given_bits=ref_bits)]
+        if style.prune:
+            # a path no rule reads after some scale stops running there; one never read never runs
+            plans = [
+                replace(p, last_scale=controller.last_scale_read(p.name))
+                for p in plans
+                if controller.last_scale_read(p.name) is not None
+            ]
+        plans.append(PathPlan("gen", text.rows([2]), given_bits=ref_bits[:n_init]))
+        with self.pipe.autocast(), self.pipe.transformer.control.install(controller):
+            summed = run_scales(
+                self.pipe.transformer,
+                plans,
+                schedule,
+                sampling,
+                patchify=self.pipe.preset.vae.spatial_patchify,
+                on_scale=on_scale,
+            )["gen"]
+        images = self.pipe.decode(summed)
+        meta = {
+            "prompt": prompts.generation,
+            "content_prompt": prompts.content,
+            "style_prompt": prompts.style,
+            "style_image": bool(style_image is not None),
+            "seed": seed,
+            "model": self.pipe.model_name,
+            "settings": {**asdict(sampling), "pn": schedule.pn, "template": schedule.template},
+            "style": asdict(style),
+        }
+        return GenerationOutput(images, summed, [meta])
