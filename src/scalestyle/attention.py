@@ -187,6 +187,8 @@ def apply_rope(t_BHLc: torch.Tensor, cos_L1: torch.Tensor, sin_L1: torch.Tensor)
 class SelfAttention(nn.Module):
     """Cosine self-attention with per-head scale and RoPE-2D (keys as upstream `SelfAttention`)."""
 
+    zero_k_bias: torch.Tensor
+
     def __init__(self, width: int, heads: int, layer: int, slot: ControlSlot) -> None:
         super().__init__()
         self.heads, self.head_dim, self.layer, self.slot = heads, width // heads, layer, slot
@@ -256,6 +258,8 @@ def pad_packed(feats_NC: torch.Tensor, lens: Sequence[int]) -> tuple[torch.Tenso
 class CrossAttention(nn.Module):
     """Image queries attend to their own caption's tokens (upstream `CrossAttention`, no RoPE, no qk-norm)."""
 
+    zero_k_bias: torch.Tensor
+
     def __init__(self, width: int, heads: int, layer: int, slot: ControlSlot) -> None:
         super().__init__()
         self.heads, self.head_dim, self.layer, self.slot = heads, width // heads, layer, slot
@@ -284,6 +288,8 @@ class CrossAttention(nn.Module):
 class PoolAttention(nn.Module):
     """One learned query per caption pools its tokens into the condition vector (upstream
     `TextAttentivePool.ca` = `CrossAttention(for_attn_pool=True)`): ``text_channels / 128`` heads."""
+
+    zero_k_bias: torch.Tensor
 
     def __init__(self, text_channels: int, width: int) -> None:
         super().__init__()

@@ -12,8 +12,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scalestyle.schedules import PN_NUM_SCALES, parse_aspect
+
+if TYPE_CHECKING:
+    from scalestyle.method.style import StyleConfig
 
 EXIT_USAGE = 2
 
@@ -97,6 +101,106 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _steps(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError as err:
+        raise CliError(f"steps must be comma-separated integers like 2,3, got {text!r}") from err
+    return steps
+
+
+def _style_config(args: argparse.Namespace) -> StyleConfig:
+    from dataclasses import replace
+
+    from scalestyle.method.style import StyleConfig
+
+    base = StyleConfig.ablation(args.ablation)
+    return replace(
+        base,
+        key_steps=_steps(args.key_steps),
+        fine_steps=_steps(args.fine_steps),
+        convention=args.steps_convention,
+        aqs_granularity=args.aqs_granularity,
+        prune=not args.no_prune,
+        init=base.init and not args.no_init,
+        ksas=base.ksas and not args.no_ksas,
+        aqs=base.aqs and not args.no_aqs,
+    )
+
+
+def _slug(text: str, limit: int = 48) -> str:
+    keep = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+    while "--" in keep:
+        keep = keep.replace("--", "-")
+    return keep[:limit] or "prompt"
+
+
+def cmd_stylize(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from scalestyle.images import load_image
+    from scalestyle.metadata import write_png
+    from scalestyle.method.style import StylePipeline
+    from scalestyle.pipeline import Pipeline
+
+    prompts = [args.prompt] if args.prompt else []
+    if args.prompts:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise CliError(f"--prompts {path}: no such file")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts or any(not p.strip() for p in prompts):
+        raise CliError("give a non-empty --prompt or a --prompts FILE with one prompt per line")
+    if not args.style and not args.text_only:
+        raise CliError("give a reference image with --style REF.png (or --text-only to use the style prompt)")
+    if args.style and args.text_only:
+        raise CliError("--text-only takes no --style image")
+    styles = [(Path(p), load_image(p)) for p in args.style] if args.style else [(None, None)]
+    style_cfg = _style_config(args)
+    h_div_w = parse_aspect(args.aspect)
+    jobs = [(ref, img, prompt) for ref, img in styles for prompt in prompts]
+    if len(jobs) > 1 and not args.out_dir:
+        raise CliError(f"{len(jobs)} images to make: give --out-dir DIR instead of --out")
+    if args.out_dir:
+        out_dir = Path(args.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(out_dir, os.W_OK):
+            raise CliError(f"cannot write into {out_dir}: permission denied")
+        outs = [
+            out_dir / f"{ref.stem if ref else 'text'}__{_slug(prompt)}__s{args.seed}.png"
+            for ref, _, prompt in jobs
+        ]
+    elif args.out:
+        outs = [_writable_png(args.out)]
+    else:
+        raise CliError("give --out FILE.png (or --out-dir DIR for several images)")
+    pipe = StylePipeline(Pipeline.load(args.model, device=args.device, random_weights=args.random_weights))
+    schedule = pipe.pipe.schedule_for(h_div_w=h_div_w, pn=args.pn)
+    todo = [(job, out) for job, out in zip(jobs, outs, strict=True) if not (args.out_dir and out.exists())]
+    show = not args.quiet
+    for (ref, img, prompt), out in tqdm(
+        todo, desc="stylize", unit="image", disable=not show or len(todo) < 2
+    ):
+        result = pipe(
+            prompt,
+            img,
+            style_prompt=args.style_prompt,
+            style=style_cfg,
+            seed=args.seed,
+            cfg=args.cfg,
+            tau=args.tau,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            h_div_w=h_div_w,
+            pn=args.pn,
+            on_scale=_progress(schedule.num_scales, "scales", show and len(todo) == 1),
+        )
+        write_png(result.images[0], out, {**result.metadata[0], "style_file": str(ref) if ref else ""})
+    if show:
+        sys.stderr.write(f"wrote {len(todo)} image(s), skipped {len(jobs) - len(todo)} already done\n")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from scalestyle.bench import bench_generate
     from scalestyle.pipeline import Pipeline
@@ -147,6 +251,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(gen)
     _add_sampling_args(gen)
     gen.set_defaults(func=cmd_generate)
+
+    sty = sub.add_parser("stylize", help="generate in the style of a reference image (training-free)")
+    sty.add_argument("--style", action="append", default=[], help="reference style image; repeat for several")
+    sty.add_argument(
+        "--text-only",
+        action="store_true",
+        help="no reference image: the style path is generated from --style-prompt (style-aligned mode)",
+    )
+    sty.add_argument("--prompt", default=None, help="the content, e.g. 'a cat'")
+    sty.add_argument("--prompts", default=None, help="file with one content prompt per line")
+    sty.add_argument(
+        "--style-prompt", required=True, help="the style in words, e.g. 'watercolor painting style'"
+    )
+    sty.add_argument("--out", default=None, help="output .png (one image)")
+    sty.add_argument(
+        "--out-dir", default=None, help="output folder (batches; resumable: done images are kept)"
+    )
+    sty.add_argument(
+        "--ablation",
+        default="d",
+        choices=["a", "b", "c", "d"],
+        help="(a) baseline, (b) +Init, (c) +Init+KSAS, (d) full",
+    )
+    sty.add_argument("--key-steps", default="2,3")
+    sty.add_argument("--fine-steps", default="4,5,6,7")
+    sty.add_argument(
+        "--steps-convention",
+        default="A",
+        choices=["A", "B"],
+        help="A: step 1 is the start token; B: steps are upstream's 0-based loop index",
+    )
+    sty.add_argument("--aqs-granularity", default="token", choices=["token", "head", "layer"])
+    sty.add_argument("--no-init", action="store_true")
+    sty.add_argument("--no-ksas", action="store_true")
+    sty.add_argument("--no-aqs", action="store_true")
+    sty.add_argument("--no-prune", action="store_true", help="keep every path running to the last scale")
+    sty.add_argument("--quiet", action="store_true")
+    _add_model_args(sty)
+    _add_sampling_args(sty)
+    sty.set_defaults(func=cmd_stylize)
 
     bench = sub.add_parser("bench", help="time generation")
     _add_model_args(bench)

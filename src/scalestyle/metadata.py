@@ -36,4 +36,4 @@ def write_png(image: Image.Image, path: str | Path, metadata: Mapping[str, Any])
 
 def read_png_metadata(path: str | Path) -> dict[str, str]:
     with Image.open(path) as img:
-        return {k: v for k, v in img.info.items() if isinstance(v, str)}
+        return {k: v for k, v in img.info.items() if isinstance(k, str) and isinstance(v, str)}

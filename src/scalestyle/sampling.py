@@ -153,7 +153,7 @@ def run_scales(
             on_scale(ScaleEvent(si, layout, bits))
         if si == S - 1:
             break
-        running = [n for n in layout.paths if by_name[n].last_scale is None or by_name[n].last_scale > si]
+        running = [n for n in layout.paths if _runs_after(by_name[n], si)]
         if len(running) < len(layout.paths):
             layout, keep = layout.keep(running)
             keep = keep.to(device)
@@ -164,6 +164,10 @@ def run_scales(
         x_BLD = torch.cat([inputs[name] for name, _, _ in layout.groups()])
         x_BLC = model.embed(x_BLD.to(model.word_embed.weight.dtype))
     return summed
+
+
+def _runs_after(plan: PathPlan, scale: int) -> bool:
+    return plan.last_scale is None or plan.last_scale > scale
 
 
 def _draw(

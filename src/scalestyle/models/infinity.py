@@ -249,7 +249,9 @@ class Infinity(nn.Module):
                 module.bias.zero_()
             elif isinstance(module, nn.Embedding):
                 normal_(module.weight, std)
-        for p in (self.pos_start, self.text_proj_for_sos["ca"].mat_q):
+        pool = self.text_proj_for_sos["ca"]
+        assert isinstance(pool, PoolAttention)
+        for p in (self.pos_start, pool.mat_q):
             normal_(p, std)
         # upstream's own empty-caption init: trunc_normal(std 1.2, +-2) / sqrt(text_channels)
         normal_(self.cfg_uncond, 1.2 / math.sqrt(self.cfg.text_channels))

@@ -1,0 +1,78 @@
+"""What every trainer shares: resumable checkpoints, a JSONL log and the accelerate set-up.
+
+Resumption is exact: each step's data and noise are drawn from generators seeded by (seed, step), so a
+checkpoint needs only the model, the optimizer and the step to continue bit-identically. Multi-GPU runs go
+through `accelerate launch` (or `torchrun`): :func:`make_accelerator` returns accelerate's `Accelerator`,
+which wraps the model in DDP when launched that way and is a no-op wrapper on one device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator for one (seed, step, stream): data and noise never depend on earlier steps."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 97 + stream)
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    config: Any,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write atomically (temp file + rename), so a run killed mid-save keeps its previous checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "config": asdict(config) if is_dataclass(config) and not isinstance(config, type) else config,
+        **(dict(extra) if extra else {}),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(
+    path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None
+) -> dict[str, Any]:
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    return state
+
+
+class JsonlLog:
+    """Appends one JSON object per line; a resumed run continues the same file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.start = time.perf_counter()
+
+    def write(self, **row: Any) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        row = {"time_s": round(time.perf_counter() - self.start, 2), **row}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def make_accelerator(mixed_precision: str = "no") -> Any:
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=mixed_precision)

@@ -1,0 +1,142 @@
+"""Training the Infinity transformer: teacher-forced next-scale bit prediction.
+
+As upstream `trainer.py`: the frozen VAE turns each image into per-scale bits and transformer inputs
+(:meth:`BSQVAE.encode_multiscale`), the model predicts every scale's bits from the earlier scales under the
+block-causal mask in one forward, and the loss is the bitwise cross-entropy averaged over all tokens and
+bits. Captions are replaced by the model's learned empty caption (``cfg_uncond``, truncated to the
+caption's length) with probability ``cond_drop`` so that classifier-free guidance works at inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from tqdm import tqdm
+
+from scalestyle.config import InfinityConfig
+from scalestyle.models.bsq_vae import BSQVAE
+from scalestyle.models.infinity import Infinity
+from scalestyle.models.text_encoder import PackedText
+from scalestyle.schedules import Schedule
+from scalestyle.train.common import JsonlLog, load_checkpoint, save_checkpoint, step_generator
+from scalestyle.train.vae import lr_at
+
+BatchFn = Callable[[int, int, torch.Generator], tuple[torch.Tensor, list[str]]]
+"""(step, batch_size, generator) -> (images (B, 3, P, P) in [-1, 1], captions)."""
+TextFn = Callable[[Sequence[str]], PackedText]
+
+
+@dataclass(frozen=True)
+class TransformerTrainConfig:
+    steps: int = 6000
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup: int = 200
+    grad_clip: float = 2.0
+    cond_drop: float = 0.1
+    seed: int = 0
+    log_every: int = 25
+    ckpt_every: int = 250
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if not 0 <= self.cond_drop < 1:
+            raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
+
+
+class BitObjective(nn.Module):
+    """Bitwise cross-entropy of the teacher-forced forward, as a module so DDP sees one forward."""
+
+    def __init__(self, model: Infinity, schedule: Schedule) -> None:
+        super().__init__()
+        self.model, self.schedule = model, schedule
+
+    def forward(
+        self, inputs_BLD: torch.Tensor, bits_BLD: torch.Tensor, text: PackedText, drop_B: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        feats = []
+        start = 0
+        for b, n in enumerate(text.lens):
+            row = text.feats_NE[start : start + n]
+            feats.append(self.model.cfg_uncond[:n] if bool(drop_B[b]) else row)
+            start += n
+        packed = PackedText(torch.cat(feats), text.lens)
+        logits = self.model(inputs_BLD, self.model.condition(packed), self.schedule)
+        logits = rearrange(logits, "b l (d two) -> b l d two", two=2)
+        loss = F.cross_entropy(logits.flatten(0, 2).float(), bits_BLD.flatten())
+        with torch.no_grad():
+            acc = (logits.argmax(-1) == bits_BLD).float().mean()
+        return {"loss": loss, "bit_acc": acc}
+
+
+def encode_batch(vae: BSQVAE, img: torch.Tensor, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs_BLD of scales 1.., bits_BLD of all scales) of images, with the frozen VAE."""
+    with torch.no_grad():
+        enc = vae.encode_multiscale(img, schedule.grids)
+    bits = torch.cat([rearrange(b, "b h w d -> b (h w) d") for b in enc.bits], dim=1)
+    return torch.cat(enc.inputs, dim=1), bits
+
+
+def train_transformer(
+    model_cfg: InfinityConfig,
+    cfg: TransformerTrainConfig,
+    vae: BSQVAE,
+    text_fn: TextFn,
+    batches: BatchFn,
+    schedule: Schedule,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+) -> Infinity:
+    """Train (or resume from ``out_dir/transformer.ckpt``); logs to ``out_dir/transformer_log.jsonl``."""
+    from scalestyle.train.common import make_accelerator
+
+    accelerator = make_accelerator()
+    model = Infinity(model_cfg)
+    model.init_weights(torch.Generator().manual_seed(cfg.seed))
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "cfg_uncond" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "cfg_uncond" in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.97),
+    )
+    ckpt, start = out_dir / "transformer.ckpt", 0
+    if ckpt.is_file():
+        start = int(load_checkpoint(ckpt, model=model, optimizer=optimizer)["step"])
+    vae = vae.eval().requires_grad_(False).to(accelerator.device)
+    objective, optimizer = accelerator.prepare(BitObjective(model, schedule), optimizer)
+    log = JsonlLog(out_dir / "transformer_log.jsonl")
+    bar = tqdm(
+        range(start, cfg.steps), initial=start, total=cfg.steps, desc="transformer", disable=not progress
+    )
+    for step in bar:
+        g = step_generator(cfg.seed, step)
+        img, captions = batches(step, cfg.batch_size, g)
+        drop = torch.rand(len(captions), generator=g) < cfg.cond_drop
+        inputs, bits = encode_batch(vae, img.to(accelerator.device), schedule)
+        text = text_fn(captions).to(accelerator.device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg.lr, cfg.warmup, cfg.steps)
+        out = objective(inputs, bits, text, drop)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(out["loss"])
+        accelerator.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+        optimizer.step()
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            row = {k: round(float(v), 5) for k, v in out.items()}
+            log.write(step=step + 1, **row)
+            bar.set_postfix(loss=row["loss"], bit_acc=row["bit_acc"])
+        if accelerator.is_main_process and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps):
+            save_checkpoint(ckpt, model=model, optimizer=optimizer, step=step + 1, config=cfg)
+    return model.eval()
