@@ -10,12 +10,17 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from scalestyle import __version__
 from scalestyle.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from scalestyle.method.style import StyleConfig
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -76,6 +81,14 @@ def time_runs(run: Callable[[], object], device: torch.device, *, runs: int, war
     return times
 
 
+def _reference_image(size_hw: tuple[int, int]) -> Image.Image:
+    """A synthetic reference (colour ramps and stripes) so that timing needs no image file."""
+    h, w = size_hw
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx // 8 % 2) * 255], -1)
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
 def bench_generate(
     pipe: Pipeline, *, prompt: str, cfg: float, pn: str | None, runs: int, warmup: int, batch: int = 1
 ) -> dict[str, Any]:
@@ -100,6 +113,65 @@ def bench_generate(
         "seconds_per_image": median / batch,
         "seconds_all_runs": times,
         "tokens_per_second": schedule.total_tokens * batch / median,
+        "peak_memory_mb": _peak_memory_mb(device),
+        "dtype": "bf16 blocks + autocast" if device.type == "cuda" else "fp32",
+        "machine": machine_info(device),
+    }
+
+
+def bench_stylize(
+    pipe: Pipeline,
+    *,
+    prompt: str,
+    style_prompt: str,
+    cfg: float,
+    pn: str | None,
+    runs: int,
+    warmup: int,
+    style: StyleConfig | None = None,
+) -> dict[str, Any]:
+    """Plain generation and style personalization timed in one run, same model, size and CFG; the ratio is
+    what the method costs over plain generation (reference encoding included)."""
+    from scalestyle.method.style import StyleConfig, StylePipeline
+
+    style = style or StyleConfig()
+    styler = StylePipeline(pipe)
+    schedule = pipe.schedule_for(pn=pn)
+    side = (schedule.last_grid[0] * pipe.preset.vae.stride, schedule.last_grid[1] * pipe.preset.vae.stride)
+    ref = _reference_image(side)
+    gen_prompt = f"{prompt} in {style_prompt}"
+    device = pipe.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    plain = time_runs(lambda: pipe(gen_prompt, cfg=cfg, pn=pn, seed=0), device, runs=runs, warmup=warmup)
+    plain_peak = _peak_memory_mb(device)
+    stylized = time_runs(
+        lambda: styler(prompt, ref, style_prompt=style_prompt, style=style, cfg=cfg, pn=pn, seed=0),
+        device,
+        runs=runs,
+        warmup=warmup,
+    )
+    t_plain, t_style = statistics.median(plain), statistics.median(stylized)
+    return {
+        "mode": "stylize",
+        "model": pipe.model_name,
+        "size_hw": list(side),
+        "pn": schedule.pn,
+        "cfg": cfg,
+        "runs": runs,
+        "warmup": warmup,
+        "style": {
+            "key_steps": style.key_steps,
+            "fine_steps": style.fine_steps,
+            "convention": style.convention,
+            "prune": style.prune,
+        },
+        "plain_seconds_per_image": t_plain,
+        "stylize_seconds_per_image": t_style,
+        "ratio": t_style / t_plain,
+        "plain_seconds_all_runs": plain,
+        "stylize_seconds_all_runs": stylized,
+        "plain_peak_memory_mb": plain_peak,
         "peak_memory_mb": _peak_memory_mb(device),
         "dtype": "bf16 blocks + autocast" if device.type == "cuda" else "fp32",
         "machine": machine_info(device),

@@ -61,6 +61,28 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
 
 
+def _add_style_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ablation",
+        default="d",
+        choices=["a", "b", "c", "d"],
+        help="(a) baseline, (b) +Init, (c) +Init+KSAS, (d) full",
+    )
+    p.add_argument("--key-steps", default="2,3")
+    p.add_argument("--fine-steps", default="4,5,6,7")
+    p.add_argument(
+        "--steps-convention",
+        default="A",
+        choices=["A", "B"],
+        help="A: step 1 is the start token; B: steps are upstream's 0-based loop index",
+    )
+    p.add_argument("--aqs-granularity", default="token", choices=["token", "head", "layer"])
+    p.add_argument("--no-init", action="store_true")
+    p.add_argument("--no-ksas", action="store_true")
+    p.add_argument("--no-aqs", action="store_true")
+    p.add_argument("--no-prune", action="store_true", help="keep every path running to the last scale")
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cfg", type=float, default=3.0)
@@ -202,27 +224,43 @@ def cmd_stylize(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from scalestyle.bench import bench_generate
+    from scalestyle.bench import bench_generate, bench_stylize
     from scalestyle.pipeline import Pipeline
 
     pipe = Pipeline.load(args.model, device=args.device, random_weights=args.random_weights)
-    report = bench_generate(
-        pipe,
-        prompt=args.prompt,
-        cfg=args.cfg,
-        pn=args.pn,
-        runs=args.runs,
-        warmup=args.warmup,
-        batch=args.batch,
-    )
+    if args.mode == "stylize":
+        report = bench_stylize(
+            pipe,
+            prompt=args.prompt,
+            style_prompt=args.style_prompt,
+            cfg=args.cfg,
+            pn=args.pn,
+            runs=args.runs,
+            warmup=args.warmup,
+            style=_style_config(args),
+        )
+        line = (
+            f"plain {report['plain_seconds_per_image']:.3f} s/image, stylize "
+            f"{report['stylize_seconds_per_image']:.3f} s/image, ratio {report['ratio']:.2f}x"
+        )
+    else:
+        report = bench_generate(
+            pipe,
+            prompt=args.prompt,
+            cfg=args.cfg,
+            pn=args.pn,
+            runs=args.runs,
+            warmup=args.warmup,
+            batch=args.batch,
+        )
+        line = f"{report['seconds_per_image']:.3f} s/image, {report['tokens_per_second']:.0f} tokens/s"
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
         sys.stdout.write(
             f"{report['model']} {report['size_hw'][0]}x{report['size_hw'][1]} pn {report['pn']}"
-            f" cfg {report['cfg']} on {report['machine']['device']}:"
-            f" {report['seconds_per_image']:.3f} s/image, "
-            f"{report['tokens_per_second']:.0f} tokens/s, peak {report['peak_memory_mb']:.0f} MB\n"
+            f" cfg {report['cfg']} on {report['machine']['device']}: {line},"
+            f" peak {report['peak_memory_mb']:.0f} MB\n"
         )
     return 0
 
@@ -268,25 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     sty.add_argument(
         "--out-dir", default=None, help="output folder (batches; resumable: done images are kept)"
     )
-    sty.add_argument(
-        "--ablation",
-        default="d",
-        choices=["a", "b", "c", "d"],
-        help="(a) baseline, (b) +Init, (c) +Init+KSAS, (d) full",
-    )
-    sty.add_argument("--key-steps", default="2,3")
-    sty.add_argument("--fine-steps", default="4,5,6,7")
-    sty.add_argument(
-        "--steps-convention",
-        default="A",
-        choices=["A", "B"],
-        help="A: step 1 is the start token; B: steps are upstream's 0-based loop index",
-    )
-    sty.add_argument("--aqs-granularity", default="token", choices=["token", "head", "layer"])
-    sty.add_argument("--no-init", action="store_true")
-    sty.add_argument("--no-ksas", action="store_true")
-    sty.add_argument("--no-aqs", action="store_true")
-    sty.add_argument("--no-prune", action="store_true", help="keep every path running to the last scale")
+    _add_style_args(sty)
     sty.add_argument("--quiet", action="store_true")
     _add_model_args(sty)
     _add_sampling_args(sty)
@@ -301,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=1)
     bench.add_argument("--batch", type=int, default=1)
     bench.add_argument("--json", action="store_true")
+    bench.add_argument("--mode", default="generate", choices=["generate", "stylize"])
+    bench.add_argument("--style-prompt", default="watercolor painting style")
+    _add_style_args(bench)
     bench.set_defaults(func=cmd_bench)
 
     dl = sub.add_parser("download", help="fetch official weights from the Hugging Face hub")
