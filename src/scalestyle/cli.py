@@ -265,6 +265,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from scalestyle.train.demo import DemoTrainConfig, train_demo
+
+    cfg = DemoTrainConfig.quick() if args.quick else DemoTrainConfig()
+    if args.preset:
+        cfg = replace(cfg, preset=args.preset)
+    for part, steps in (
+        ("vae", args.vae_steps),
+        ("transformer", args.transformer_steps),
+        ("classifiers", args.classifier_steps),
+    ):
+        if steps is not None:
+            cfg = replace(cfg, **{part: replace(getattr(cfg, part), steps=steps)})
+    if args.batch_size is not None:
+        cfg = replace(
+            cfg,
+            vae=replace(cfg.vae, batch_size=args.batch_size),
+            transformer=replace(cfg.transformer, batch_size=args.batch_size),
+        )
+    out = train_demo(Path(args.out), Path(args.work_dir), cfg, progress=not args.quiet)
+    sys.stderr.write(f"wrote the model folder {out}\n")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from scalestyle.pipeline import default_home
     from scalestyle.weights import download
@@ -325,6 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--style-prompt", default="watercolor painting style")
     _add_style_args(bench)
     bench.set_defaults(func=cmd_bench)
+
+    tr = sub.add_parser("train", help="train models (the demo world: `train demo`)")
+    tr.add_argument("what", choices=["demo"], help="what to train")
+    tr.add_argument("--out", required=True, help="model folder to write")
+    tr.add_argument("--work-dir", default="runs/demo", help="checkpoints and logs (resumable)")
+    tr.add_argument("--preset", default=None, help="architecture preset (default: demo)")
+    tr.add_argument("--vae-steps", type=int, default=None)
+    tr.add_argument("--transformer-steps", type=int, default=None)
+    tr.add_argument("--classifier-steps", type=int, default=None)
+    tr.add_argument("--batch-size", type=int, default=None)
+    tr.add_argument("--quick", action="store_true", help="a few steps of each part (smoke test)")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=cmd_train)
 
     dl = sub.add_parser("download", help="fetch official weights from the Hugging Face hub")
     dl.add_argument("preset", choices=["infinity-2b", "infinity-8b"])

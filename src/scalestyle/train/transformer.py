@@ -134,7 +134,7 @@ def train_transformer(
         accelerator.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
         optimizer.step()
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            row = {k: round(float(v), 5) for k, v in out.items()}
+            row = {k: round(float(v.detach()), 5) for k, v in out.items()}
             log.write(step=step + 1, **row)
             bar.set_postfix(loss=row["loss"], bit_acc=row["bit_acc"])
         if accelerator.is_main_process and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps):

@@ -146,7 +146,7 @@ def train_vae(
         accelerator.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
         optimizer.step()
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            row = {k: round(float(v), 5) for k, v in losses.items()}
+            row = {k: round(float(v.detach()), 5) for k, v in losses.items()}
             log.write(step=step + 1, **row)
             bar.set_postfix(loss=row["loss"])
         if accelerator.is_main_process and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps):

@@ -1,0 +1,162 @@
+"""Reproduce the bundled demo model from scratch: `scalestyle train demo --out DIR`.
+
+Steps, each resumable from its checkpoint in the work folder: build the frozen demo text encoder over the
+procedural world's vocabulary, train the BSQ VAE on training-style renders, train the transformer on
+captioned renders, train the content and style classifiers, then write the model folder (config,
+safetensors, text encoder, classifiers) with a model card. Held-out styles never enter the VAE's or the
+transformer's data; their words are in the tokenizer so that prompts naming them still tokenize.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from scalestyle.config import ModelPreset, TextEncoderConfig, get_preset
+from scalestyle.data import procedural as world
+from scalestyle.models.demo_text import build_demo_text_encoder
+from scalestyle.models.text_encoder import PackedText, TextEncoder
+from scalestyle.schedules import get_schedule
+from scalestyle.train.classifiers import ClassifierTrainConfig, train_classifiers
+from scalestyle.train.transformer import TransformerTrainConfig, train_transformer
+from scalestyle.train.vae import VAETrainConfig, train_vae
+from scalestyle.weights import save_model_dir
+
+EXTRA_WORDS = ("a", "an", "in", "of", "style", "photo", "picture", "drawing", "the", "with", "and", "on")
+
+
+@dataclass(frozen=True)
+class DemoTrainConfig:
+    vae: VAETrainConfig = field(default_factory=VAETrainConfig)
+    transformer: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
+    classifiers: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
+    # captions: "<content> in <style>", "<content>" alone, "<style>" alone; the method's three paths use all
+    caption_mix: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    preset: str = "demo"
+
+    def __post_init__(self) -> None:
+        if len(self.caption_mix) != 3 or min(self.caption_mix) < 0 or abs(sum(self.caption_mix) - 1) > 1e-6:
+            raise ValueError(
+                f"caption_mix must be three non-negative weights summing to 1, got {self.caption_mix}"
+            )
+
+    @classmethod
+    def quick(cls) -> DemoTrainConfig:
+        """A few steps of everything, for tests and smoke runs."""
+        return cls(
+            VAETrainConfig(steps=2, batch_size=4, log_every=1, ckpt_every=1),
+            TransformerTrainConfig(steps=2, batch_size=4, log_every=1, ckpt_every=1),
+            ClassifierTrainConfig(steps=2, batch_size=4, log_every=1),
+            preset="tiny",
+        )
+
+
+def world_vocabulary() -> list[str]:
+    words = set(EXTRA_WORDS)
+    for text in (*map(world.content_caption, world.CONTENTS), *map(world.style_caption, world.STYLES)):
+        words.update(text.lower().split())
+    return sorted(words)
+
+
+def world_batch(
+    step: int, batch_size: int, g: torch.Generator, mix: tuple[float, float, float] = (1.0, 0.0, 0.0)
+) -> tuple[torch.Tensor, list[str]]:
+    """Training renders (training styles only, unique seeds per step and row), captions drawn by ``mix``."""
+    seeds = world.SPLIT_SEEDS["train"]
+    c_idx = torch.randint(len(world.CONTENTS), (batch_size,), generator=g).tolist()
+    s_idx = torch.randint(len(world.TRAIN_STYLES), (batch_size,), generator=g).tolist()
+    forms = torch.multinomial(torch.tensor(mix), batch_size, replacement=True, generator=g).tolist()
+    imgs, captions = [], []
+    for i, (c, s, form) in enumerate(zip(c_idx, s_idx, forms, strict=True)):
+        content, style = world.CONTENTS[c], world.TRAIN_STYLES[s]
+        imgs.append(world.to_tensor(world.render(content, style, seeds[step * batch_size + i]).image))
+        captions.append(
+            (world.caption(content, style), world.content_caption(content), world.style_caption(style))[form]
+        )
+    return torch.stack(imgs), captions
+
+
+class CachedText:
+    """The demo captions come from a small set: encode each once."""
+
+    def __init__(self, encoder: TextEncoder) -> None:
+        self.encoder, self.cache = encoder, dict[str, PackedText]()
+
+    def __call__(self, captions: Sequence[str]) -> PackedText:
+        missing = sorted({c for c in captions if c not in self.cache})
+        if missing:
+            packed = self.encoder.encode(missing)
+            for i, c in enumerate(missing):
+                self.cache[c] = packed.rows([i])
+        return PackedText.concat([self.cache[c] for c in captions])
+
+
+def train_demo(out_dir: Path, work_dir: Path, cfg: DemoTrainConfig, *, progress: bool = True) -> Path:
+    """Train every part and write the model folder ``out_dir``; checkpoints and logs go to ``work_dir``."""
+    start = time.perf_counter()
+    base = get_preset(cfg.preset)
+    preset = ModelPreset(
+        base.name, base.transformer, base.vae, TextEncoderConfig("text_encoder", 32), base.default_pn
+    )
+    schedule = get_schedule(1.0, preset.default_pn)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    text_dir = build_demo_text_encoder(
+        world_vocabulary(), work_dir / "text_encoder", d_model=preset.transformer.text_channels, max_length=32
+    )
+    text = CachedText(TextEncoder.from_pretrained(text_dir))
+
+    def vae_images(step: int, batch_size: int, g: torch.Generator) -> torch.Tensor:
+        return world_batch(step, batch_size, g)[0]
+
+    def captioned(step: int, batch_size: int, g: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+        # a different stream than the VAE's, so the transformer does not replay the VAE's images
+        return world_batch(step + 10_000_000, batch_size, g, cfg.caption_mix)
+
+    t0 = time.perf_counter()
+    vae = train_vae(preset.vae, cfg.vae, vae_images, schedule.grids, work_dir, progress=progress)
+    t_vae = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    transformer = train_transformer(
+        preset.transformer, cfg.transformer, vae, text, captioned, schedule, work_dir, progress=progress
+    )
+    t_transformer = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    content_clf, style_clf = train_classifiers(
+        cfg.classifiers, work_dir, vae=vae, schedule=schedule, progress=progress
+    )
+    t_classifiers = time.perf_counter() - t0
+
+    info = {
+        "trained_by": "scalestyle train demo",
+        "config": asdict(cfg),
+        "seconds": {
+            "vae": round(t_vae, 1),
+            "transformer": round(t_transformer, 1),
+            "classifiers": round(t_classifiers, 1),
+            "total": round(time.perf_counter() - start, 1),
+        },
+        "machine": {
+            "device": "cpu",
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "held_out_styles": list(world.HELD_OUT_STYLES),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dest_text = out_dir / "text_encoder"
+    dest_text.mkdir(exist_ok=True)
+    for f in text_dir.iterdir():
+        (dest_text / f.name).write_bytes(f.read_bytes())
+    content_clf.save(out_dir / "content_classifier.safetensors")
+    style_clf.save(out_dir / "style_classifier.safetensors")
+    # config.json is written last, so an interrupted export is never taken for a model folder
+    save_model_dir(out_dir, preset=preset, transformer=transformer, vae=vae, extra={"training": info})
+    (work_dir / "training_info.json").write_text(json.dumps(info, indent=2))
+    return out_dir
