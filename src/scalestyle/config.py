@@ -47,7 +47,7 @@ class InfinityConfig:
         if self.width % self.pool_heads:
             raise ValueError(
                 f"width {self.width} must be a multiple of the pool heads {self.pool_heads} "
-                "(text_channels / 128)"
+                "(text_channels / 128, or / 64 above width 4096)"
             )
         if self.mlp_hidden < 1:
             raise ValueError(
@@ -67,8 +67,9 @@ class InfinityConfig:
 
     @property
     def pool_heads(self) -> int:
-        """Heads of the attentive text pool: one per 128 text channels (upstream's Ct5 / 128)."""
-        return self.text_channels // 128
+        """Heads of the attentive text pool: one per 128 text channels (upstream's Ct5 / 128), or per 64
+        above width 4096 (upstream `TextAttentivePool`; see :func:`scalestyle.attention.pool_heads`)."""
+        return self.text_channels // (64 if self.width > 4096 else 128)
 
 
 @dataclass(frozen=True)
@@ -190,9 +191,9 @@ PRESETS: dict[str, ModelPreset] = {
     "demo": ModelPreset(
         "demo",
         InfinityConfig(
-            depth=6, width=256, heads=4, bits=16, block_chunks=2, text_channels=128, text_maxlen=32
+            depth=4, width=256, heads=4, bits=16, block_chunks=2, text_channels=128, text_maxlen=32
         ),
-        BSQVAEConfig(codebook_dim=16, patch_size=4, ch_mult=(1, 2, 2), base_ch=32, num_res_blocks=1),
+        BSQVAEConfig(codebook_dim=16, patch_size=4, ch_mult=(1, 2, 4), base_ch=16, num_res_blocks=1),
         TextEncoderConfig(source="bundled:demo-t5", max_length=32),
         default_pn="0.06M",
     ),
