@@ -62,9 +62,11 @@ class Row:
     seconds: float
 
 
-def _cases(styles: Sequence[str], seeds: Sequence[int]) -> Iterator[tuple[str, str, int]]:
+def _cases(
+    contents: Sequence[str], styles: Sequence[str], seeds: Sequence[int]
+) -> Iterator[tuple[str, str, int]]:
     for style in styles:
-        for content in world.CONTENTS:
+        for content in contents:
             for seed in seeds:
                 yield content, style, seed
 
@@ -81,6 +83,7 @@ def evaluate_world(
     judges: Judges,
     *,
     seeds: Sequence[int] = (0,),
+    contents: Sequence[str] | None = None,
     train_styles: Sequence[str] | None = None,
     held_out_styles: Sequence[str] | None = None,
     style_config: StyleConfig | None = None,
@@ -108,11 +111,13 @@ def evaluate_world(
         if on_row is not None:
             on_row(row)
 
-    for content, style, seed in _cases(train_styles or world.TRAIN_STYLES, seeds):
+    for content, style, seed in _cases(contents or world.CONTENTS, train_styles or world.TRAIN_STYLES, seeds):
         t = time.perf_counter()
         image = pipe(world.caption(content, style), seed=seed, cfg=cfg).images[0]
         add("plain", content, style, seed, image, time.perf_counter() - t)
-    for content, style, seed in _cases(held_out_styles or world.HELD_OUT_STYLES, seeds):
+    for content, style, seed in _cases(
+        contents or world.CONTENTS, held_out_styles or world.HELD_OUT_STYLES, seeds
+    ):
         t = time.perf_counter()
         image = pipe(world.caption(content, style), seed=seed, cfg=cfg).images[0]
         add("prompt-only", content, style, seed, image, time.perf_counter() - t)

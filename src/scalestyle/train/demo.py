@@ -9,6 +9,7 @@ transformer's data; their words are in the tokenizer so that prompts naming them
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import time
@@ -157,6 +158,8 @@ def train_demo(out_dir: Path, work_dir: Path, cfg: DemoTrainConfig, *, progress:
     content_clf.save(out_dir / "content_classifier.safetensors")
     style_clf.save(out_dir / "style_classifier.safetensors")
     # config.json is written last, so an interrupted export is never taken for a model folder
-    save_model_dir(out_dir, preset=preset, transformer=transformer, vae=vae, extra={"training": info})
+    # fp16 halves the shipped transformer (the loader casts back to fp32); the VAE stays fp32
+    shipped = copy.deepcopy(transformer).half()
+    save_model_dir(out_dir, preset=preset, transformer=shipped, vae=vae, extra={"training": info})
     (work_dir / "training_info.json").write_text(json.dumps(info, indent=2))
     return out_dir
