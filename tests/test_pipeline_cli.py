@@ -115,3 +115,36 @@ def test_bench_json(capsys: pytest.CaptureFixture[str]) -> None:
     report = json.loads(capsys.readouterr().out)
     assert report["seconds_per_image"] > 0 and report["tokens_per_second"] > 0
     assert report["size_hw"] == [64, 64] and report["machine"]["device"] == "cpu"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "foreign", "other_size"])
+def test_broken_model_folder_gives_one_line(
+    damage: str, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    target = folder / "transformer.safetensors"
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    elif damage == "foreign":
+        target.write_text("this is not a checkpoint\n")
+    else:
+        save_file({"head.weight": torch.zeros(3, 3)}, str(target))
+    code = main(
+        [
+            "generate",
+            "--prompt",
+            "a star",
+            "--out",
+            str(tmp_path / "o.png"),
+            "--model",
+            str(folder),
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "transformer.safetensors" in err[0]
