@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scalestyle.attention import BatchLayout, KVCache
-from scalestyle.config import get_preset
+from scalestyle.config import InfinityConfig, get_preset
 from scalestyle.models.infinity import Infinity
 from scalestyle.models.text_encoder import PackedText
 from scalestyle.schedules import get_schedule
@@ -87,3 +87,12 @@ def test_meta_build_matches_official_keys(preset: str, dump: str, shared_researc
     assert sorted(set(ours) - set(expected)) == []
     assert sorted(set(expected) - set(ours)) == []
     assert {k: v for k, v in ours.items() if expected[k] != v} == {}
+
+
+def test_pool_heads_follow_upstream_above_width_4096() -> None:
+    """Upstream `TextAttentivePool`: head size 128 (64 above width 4096) divides the text channels."""
+    with torch.device("meta"):
+        wide = Infinity(InfinityConfig(depth=2, width=4608, heads=36, bits=32, block_chunks=2))
+        official = Infinity(get_preset("infinity-2b").transformer)
+    assert tuple(wide.text_proj_for_sos["ca"].mat_q.shape) == (1, 32, 144)
+    assert tuple(official.text_proj_for_sos["ca"].mat_q.shape) == (1, 16, 128)

@@ -229,30 +229,48 @@ class SelfAttention(nn.Module):
         return self.proj(rearrange(o, "b h l c -> b l (h c)"))
 
 
-@dataclass(frozen=True)
-class TextMemory:
-    """Cross-attention memory of a batch: projected text tokens padded per row, with a key mask."""
+def key_mask(lens: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Additive key mask (B, 1, 1, T), T = max(lens): row b sees its first ``lens[b]`` keys only."""
+    valid = torch.arange(max(lens), device=device)[None, :] < torch.tensor(list(lens), device=device)[:, None]
+    bias = torch.zeros(valid.shape, dtype=torch.float32, device=device).masked_fill(~valid, -math.inf)
+    return rearrange(bias, "b t -> b 1 1 t")
 
-    kv_BTC: torch.Tensor
-    bias_B11T: torch.Tensor
 
-    def rows(self, index: torch.Tensor) -> TextMemory:
-        return TextMemory(self.kv_BTC[index], self.bias_B11T[index])
+def pad_rows(feats_NC: torch.Tensor, lens: Sequence[int]) -> torch.Tensor:
+    """Packed rows (N, C) -> zero-padded per row (B, max(lens), C)."""
+    return nn.utils.rnn.pad_sequence(list(torch.split(feats_NC, list(lens))), batch_first=True)
 
 
 def pad_packed(feats_NC: torch.Tensor, lens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed rows -> (padded (B, T, C), additive key mask (B, 1, 1, T)) so that each row only sees its own
     tokens; equivalent to upstream's varlen kernel (``cu_seqlens_k``)."""
-    rows = torch.split(feats_NC, list(lens))
-    padded = nn.utils.rnn.pad_sequence(list(rows), batch_first=True)
-    valid = (
-        torch.arange(padded.shape[1], device=feats_NC.device)[None, :]
-        < torch.tensor(list(lens), device=feats_NC.device)[:, None]
-    )
-    bias = torch.zeros(valid.shape, dtype=torch.float32, device=feats_NC.device).masked_fill(
-        ~valid, -math.inf
-    )
-    return padded, rearrange(bias, "b t -> b 1 1 t")
+    return pad_rows(feats_NC, lens), key_mask(lens, feats_NC.device)
+
+
+@dataclass(frozen=True)
+class TextMemory:
+    """Cross-attention memory of a batch: the projected text tokens packed, row b owning ``lens[b]``
+    consecutive tokens (upstream's varlen layout), and the key mask of their padded form.
+
+    Kept packed because every layer projects them to keys and values: a matmul over padded (B, T, C) rows
+    rounds differently from upstream's over the packed (N, C) ones, and such an ulp now and then flips the
+    bf16 rounding of the attention that follows (3e-3 logit differences on the tiny model).
+    """
+
+    kv_NC: torch.Tensor
+    lens: tuple[int, ...]
+    bias_B11T: torch.Tensor
+
+    @staticmethod
+    def packed(kv_NC: torch.Tensor, lens: Sequence[int]) -> TextMemory:
+        if sum(lens) != kv_NC.shape[0]:
+            raise ValueError(f"sum(lens) = {sum(lens)} != number of packed tokens {kv_NC.shape[0]}")
+        return TextMemory(kv_NC, tuple(lens), key_mask(lens, kv_NC.device))
+
+    def rows(self, index: torch.Tensor) -> TextMemory:
+        picked = [int(i) for i in index.tolist()]
+        parts = torch.split(self.kv_NC, list(self.lens))
+        return TextMemory.packed(torch.cat([parts[i] for i in picked]), [self.lens[i] for i in picked])
 
 
 class CrossAttention(nn.Module):
@@ -273,8 +291,9 @@ class CrossAttention(nn.Module):
         self, x_BLC: torch.Tensor, memory: TextMemory, *, scale: int | None, layout: BatchLayout
     ) -> torch.Tensor:
         q = rearrange(self.mat_q(x_BLC), "b l (h c) -> b h l c", h=self.heads)
-        kv = F.linear(memory.kv_BTC, self.mat_kv.weight, torch.cat((self.zero_k_bias, self.v_bias)))
-        k, v = rearrange(kv, "b t (two h c) -> two b h t c", two=2, h=self.heads).unbind(0)
+        kv = F.linear(memory.kv_NC, self.mat_kv.weight, torch.cat((self.zero_k_bias, self.v_bias)))
+        kv_BTC = pad_rows(kv, memory.lens)
+        k, v = rearrange(kv_BTC, "b t (two h c) -> two b h t c", two=2, h=self.heads).unbind(0)
         attend = bf16_rounded_attend(1.0 / math.sqrt(self.head_dim))
         controller = self.slot.controller
         if controller is None:
@@ -285,15 +304,22 @@ class CrossAttention(nn.Module):
         return self.proj(rearrange(o, "b h l c -> b l (h c)").to(x_BLC.dtype))
 
 
+def pool_heads(text_channels: int, width: int) -> int:
+    """Heads of the attentive text pool. Upstream `TextAttentivePool` picks a nominal head size of 128 (64
+    when the width exceeds 4096) and divides the *text* channels by it; the actual head dim is then
+    ``width / heads``. So 16 heads for Flan-T5-XL's 2048 channels at 2B and 8B widths, 32 above 4096."""
+    return text_channels // (64 if width > 4096 else 128)
+
+
 class PoolAttention(nn.Module):
     """One learned query per caption pools its tokens into the condition vector (upstream
-    `TextAttentivePool.ca` = `CrossAttention(for_attn_pool=True)`): ``text_channels / 128`` heads."""
+    `TextAttentivePool.ca` = `CrossAttention(for_attn_pool=True)`), with :func:`pool_heads` heads."""
 
     zero_k_bias: torch.Tensor
 
     def __init__(self, text_channels: int, width: int) -> None:
         super().__init__()
-        self.heads = text_channels // 128
+        self.heads = pool_heads(text_channels, width)
         self.head_dim = width // self.heads
         self.mat_q = nn.Parameter(torch.zeros(1, self.heads, self.head_dim))
         self.mat_kv = nn.Linear(text_channels, 2 * width, bias=False)

@@ -27,7 +27,6 @@ from scalestyle.attention import (
     PoolAttention,
     SelfAttention,
     TextMemory,
-    pad_packed,
     rope_angles,
 )
 from scalestyle.config import InfinityConfig
@@ -147,7 +146,7 @@ class Infinity(nn.Module):
     def condition(self, text: PackedText) -> TextCondition:
         kv_NE = self.text_norm(text.feats_NE.float())
         cond_BC = self.text_proj_for_sos["ca"](kv_NE, text.lens)
-        memory = TextMemory(*pad_packed(self.text_proj_for_ca(kv_NE), text.lens))
+        memory = TextMemory.packed(self.text_proj_for_ca(kv_NE), text.lens)
         with torch.autocast(cond_BC.device.type, enabled=False):
             cond32 = cond_BC.float()
             gss = rearrange(self.shared_ada_lin(cond32), "b (six c) -> b 1 six c", six=6)

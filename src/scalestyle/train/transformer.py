@@ -44,6 +44,8 @@ class TransformerTrainConfig:
     seed: int = 0
     log_every: int = 25
     ckpt_every: int = 250
+    # bf16 autocast: about 3x faster matmuls on CPUs with AVX512-BF16 as well as on GPUs
+    amp: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -128,7 +130,8 @@ def train_transformer(
         text = text_fn(captions).to(accelerator.device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.lr, cfg.warmup, cfg.steps)
-        out = objective(inputs, bits, text, drop)
+        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            out = objective(inputs, bits, text, drop)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(out["loss"])
         accelerator.clip_grad_norm_(objective.parameters(), cfg.grad_clip)

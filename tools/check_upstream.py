@@ -1,0 +1,857 @@
+"""Check scalestyle's Infinity transformer and sampling loop against upstream FoundationVision/Infinity.
+
+Usage::
+
+    python tools/check_upstream.py --upstream /path/to/Infinity [--threads N] [--seed S]
+
+``--upstream`` is a checkout of https://github.com/FoundationVision/Infinity (code only; no weights are
+needed). Nothing of upstream is copied into this repository: this script imports it from that directory at
+run time, after installing CPU stand-ins for what upstream needs and CPU torch lacks (spec §4):
+
+- ``flash_attn``: imported unconditionally upstream, and its varlen kernel is upstream's only
+  cross-attention and text-pool implementation. The stand-in is a per-sequence softmax attention that, like
+  the kernel, takes the bf16 q/kv upstream hands it, accumulates in fp32 and returns bf16.
+- ``fused_op.py`` wraps its norms in ``torch.compile(fullgraph=True)``: it is imported with ``torch.compile``
+  made the identity, so the eager functions run.
+- ``timm``, ``pytz``, ``imageio`` and ``torchvision`` get empty stand-ins when not installed (upstream imports
+  them, the inference path never calls them).
+- ``run_infinity.py``'s loaders call ``.cuda()``, so ``Infinity(...)`` and the VAE are built directly, with
+  the official inference flags (spec §1.1) at the "tiny" preset's size and ``cond_drop_rate=0``.
+
+Both transformers get the same random weights (upstream's are randomised, then loaded into ours with
+``load_state_dict(strict=True)``), far from the training init so that every path matters (AdaLN gates and
+head at std 0.5, one attention scale above its clamp). The VAEs are ours with random weights loaded into
+upstream's. The tiny preset's own VAE has 16 base channels, which upstream's factory (base_ch 128, 2 res
+blocks hard-coded) and GroupNorm (32 or 24 groups) do not allow, so two VAEs with upstream's base_ch stand
+in: d=8 with patch 4, and d=2 with patch 2 and 2x2 spatial patchify (the 8B layout, 4*2 = 8 bits/token).
+Compared, as tables:
+
+- weights: state_dict keys and shapes identical; ``scalestyle.weights.load_infinity_weights`` (if present)
+  loads the same tensors as ``load_state_dict``;
+- schedules and RoPE-2D: our grids and cos/sin tables against upstream's for every template and pn;
+- text path: cond_BD (the pooled SOS), the cross-attention memory ca_kv, the AdaLN and head tables, for
+  captions of different lengths and for the ``cfg_uncond`` rows;
+- teacher-forced forward logits (upstream ``forward`` with its block-causal mask, padded to 128), for every
+  aspect template, two captions of different lengths;
+- seeded KV-cached generation (cfg 3, tau 0.5, top_k 900, top_p 0.97, CFG on the logits): upstream
+  ``autoregressive_infer_cfg`` against our ``run_scales`` plus VAE decode, for one and two captions,
+  negative captions, 1:2 and 3:1 templates, no CFG, given bits (upstream's ``gt_leak``) and patchify. The
+  logits of every scale (while the sampled bits agree), the bits per scale, the summed codes and the final
+  uint8 image (upstream's BGR flipped to RGB) and, for information, the share of bits top-p left random.
+
+Both sides round q/kv and the output of the two varlen attentions to bf16, so an fp32-ulp difference in
+the attention kernel's float order (the stand-in's vs ours, as real flash-attn's would be) now and then
+flips one bf16 rounding: the "logits" and "bf16 CA" columns have a tolerance relative to the logit scale.
+Two diagnostics take that noise away. "logits, our kernel" reruns generation with the stand-in evaluating
+the varlen attention in our kernel's float order: logits must then agree exactly, so any formula
+difference shows. "fp32 CA" reruns the forward without the bf16 rounding on both sides (upstream's
+``basic.py`` sees ``torch.bfloat16`` as float32, ours gets an unrounded kernel): float noise only. Bits,
+summed codes and pixels must be identical.
+
+Prints one table per section and exits 1 if any check is outside its tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import io
+import math
+import sys
+import types
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import scalestyle.attention as attention
+from scalestyle.config import BSQVAEConfig, InfinityConfig, SamplingConfig, get_preset
+from scalestyle.images import to_pil
+from scalestyle.models.bsq_vae import BSQVAE, bits_to_codes, next_scale_input, upsample_codes
+from scalestyle.models.infinity import Infinity
+from scalestyle.models.text_encoder import PackedText
+from scalestyle.sampling import PathPlan, ScaleEvent, run_scales
+from scalestyle.schedules import ASPECT_TEMPLATES, PN_NUM_SCALES, Schedule, get_schedule
+
+PN = "0.06M"
+VAE_CFG = BSQVAEConfig(codebook_dim=8, patch_size=4, ch_mult=(1, 1, 2))
+# the 8B-style path: d 2 latents, 2x2 spatial patchify into the same 8 bits per token
+VAE_PATCHIFY_CFG = BSQVAEConfig(codebook_dim=2, patch_size=2, ch_mult=(1, 1), spatial_patchify=True)
+TOP_K, TOP_P = 900, 0.97
+TEXT_ATOL = 1e-5
+# Logit tolerances relative to the largest |logit| (~10-15 here). With bf16 rounding in the cross-attentions
+# an fp32-ulp difference of the attention kernel now and then flips one rounding (2^-8 relative), which the
+# sharp cosine attention (scale up to 100) and the std-0.5 head amplify: we see up to 5e-4 relative. Without
+# it what remains is float32 reassociation, amplified likewise: up to 3e-6 relative. A wrong formula (RoPE
+# position, eps, a swapped AdaLN chunk) moves logits by 1e-2 or more.
+BF16_RTOL = 2e-3
+FP32_RTOL = 1e-5
+
+
+# ---- CPU stand-ins for upstream's imports -------------------------------------------------------------
+
+
+def _varlen_kvpacked(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    **_: Any,
+) -> torch.Tensor:
+    """flash_attn_varlen_kvpacked_func: q (Nq, H, c), kv (Nk, 2, H, c); sequence b's queries attend only to
+    sequence b's keys. Accumulates in fp32 and returns q's dtype, as the kernel does."""
+    if causal or dropout_p:
+        raise NotImplementedError("the stand-in only covers upstream's inference calls")
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    out = torch.empty_like(q)
+    qs, ks = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for b in range(len(qs) - 1):
+        q_b = q[qs[b] : qs[b + 1]].float()
+        k_b, v_b = kv[ks[b] : ks[b + 1]].float().unbind(1)
+        p = (torch.einsum("qhc,khc->hqk", q_b, k_b) * scale).softmax(dim=-1)
+        out[qs[b] : qs[b + 1]] = torch.einsum("hqk,khc->qhc", p, v_b).to(q.dtype)
+    return out
+
+
+def _varlen_like_ours(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    **_: Any,
+) -> torch.Tensor:
+    """The same varlen attention evaluated in the float order of scalestyle's kernel (sequences padded to
+    the longest, an additive -inf key mask, one SDPA call). With it, upstream and ours must agree exactly:
+    whatever differs then is a formula, not float noise."""
+    lens = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).tolist()
+    B, (Nq, H, c) = len(lens), q.shape
+    k, v = (t.split(lens) for t in kv.float().unbind(1))
+    k_pad = nn.utils.rnn.pad_sequence(list(k), batch_first=True).transpose(1, 2)  # (B, H, T, c)
+    v_pad = nn.utils.rnn.pad_sequence(list(v), batch_first=True).transpose(1, 2)
+    hidden = torch.arange(k_pad.shape[2])[None, :] >= torch.tensor(lens)[:, None]
+    bias = torch.zeros(hidden.shape).masked_fill(hidden, -math.inf)[:, None, None, :]
+    q_BHLc = q.float().view(B, Nq // B, H, c).transpose(1, 2)
+    o = F.scaled_dot_product_attention(q_BHLc, k_pad, v_pad, attn_mask=bias, scale=softmax_scale)
+    return o.transpose(1, 2).reshape(Nq, H, c).to(q.dtype)
+
+
+def _flash_attn_func(*args: Any, **kwargs: Any) -> torch.Tensor:
+    raise NotImplementedError("upstream's self-attention uses SDPA unless customized_flash_attn=True")
+
+
+def _module(name: str, **attrs: Any) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    for key, value in attrs.items():
+        setattr(mod, key, value)
+    sys.modules[name] = mod
+    return mod
+
+
+def _missing(name: str) -> bool:
+    return name not in sys.modules and importlib.util.find_spec(name) is None
+
+
+class _DropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def install_shims() -> None:
+    # always the stand-in: a real flash_attn needs CUDA tensors
+    _module("flash_attn", flash_attn_func=_flash_attn_func, flash_attn_varlen_kvpacked_func=_varlen_kvpacked)
+    if _missing("timm"):
+        timm = _module("timm")
+        timm.models = _module("timm.models", register_model=lambda fn: fn)  # type: ignore[attr-defined]
+        timm.models.layers = _module(  # type: ignore[attr-defined]
+            "timm.models.layers", DropPath=_DropPath, drop_path=lambda x, *a, **k: x
+        )
+        timm.loss = _module("timm.loss", SoftTargetCrossEntropy=nn.Module)  # type: ignore[attr-defined]
+    if _missing("pytz"):
+        _module("pytz", timezone=lambda name: None)
+    if _missing("imageio"):
+        _module("imageio")
+    if _missing("torchvision"):
+        tv = _module("torchvision")
+        tv.transforms = _module("torchvision.transforms")  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _eager_compile() -> Iterator[None]:
+    """``torch.compile`` as the identity decorator (fused_op.py compiles its norms at import)."""
+    real = torch.compile
+
+    def identity(fn: Any = None, **_: Any) -> Any:
+        return fn if fn is not None else (lambda f: f)
+
+    torch.compile = identity  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.compile = real
+
+
+class _TorchWithoutBf16(types.ModuleType):
+    """``torch`` as upstream's basic.py sees it in the fp32 diagnostic: ``bfloat16`` is float32, so the
+    cross-attentions' ``.to(torch.bfloat16)`` rounds nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return torch.float32 if name == "bfloat16" else getattr(torch, name)
+
+
+def _unrounded_attend(scale: float) -> attention.AttendFn:
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias, scale=scale)
+
+    return attend
+
+
+@dataclass
+class Upstream:
+    infinity_cls: type
+    vae_model: Callable[..., nn.Module]
+    dynamic_resolution_h_w: dict[float, Any]
+    basic: types.ModuleType
+
+    @contextlib.contextmanager
+    def kernel_like_ours(self) -> Iterator[None]:
+        """Upstream's varlen attentions through :func:`_varlen_like_ours` (diagnostic only)."""
+        real = self.basic.flash_attn_varlen_kvpacked_func
+        self.basic.flash_attn_varlen_kvpacked_func = _varlen_like_ours  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            self.basic.flash_attn_varlen_kvpacked_func = real  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def fp32_cross_attention(self) -> Iterator[None]:
+        """Both sides without the bf16 rounding of the varlen attentions (diagnostic only)."""
+        real_torch, real_attend = self.basic.torch, attention.bf16_rounded_attend
+        self.basic.torch = _TorchWithoutBf16("torch")  # type: ignore[attr-defined]
+        attention.bf16_rounded_attend = _unrounded_attend  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            self.basic.torch = real_torch  # type: ignore[attr-defined]
+            attention.bf16_rounded_attend = real_attend  # type: ignore[assignment]
+
+
+def import_upstream(root: Path) -> Upstream:
+    if not (root / "infinity" / "models" / "infinity.py").is_file():
+        raise SystemExit(
+            f"{root} is not a FoundationVision/Infinity checkout (no infinity/models/infinity.py)"
+        )
+    install_shims()
+    sys.path.insert(0, str(root))
+    with _eager_compile(), contextlib.redirect_stdout(io.StringIO()):
+        importlib.import_module("infinity.models.fused_op")
+        inf_mod = importlib.import_module("infinity.models.infinity")
+        vae_mod = importlib.import_module("infinity.models.bsq_vae.vae")
+        dyn = importlib.import_module("infinity.utils.dynamic_resolution")
+        basic = importlib.import_module("infinity.models.basic")
+    if inf_mod.fused_ada_layer_norm is None:
+        raise SystemExit("upstream's fused_op did not import: fused_norm=True would silently fall back")
+    return Upstream(inf_mod.Infinity, vae_mod.vae_model, dyn.dynamic_resolution_h_w, basic)
+
+
+# ---- models -------------------------------------------------------------------------------------------
+
+
+def build_upstream_vae(up: Upstream, cfg: BSQVAEConfig) -> nn.Module:
+    d = cfg.codebook_dim
+    with contextlib.redirect_stdout(io.StringIO()):
+        vae = up.vae_model(
+            None,
+            "dynamic",
+            d,
+            2**d,
+            patch_size=cfg.patch_size,
+            encoder_ch_mult=list(cfg.ch_mult),
+            decoder_ch_mult=list(cfg.ch_mult),
+        )
+    return vae.eval()
+
+
+def build_upstream_infinity(up: Upstream, cfg: InfinityConfig, vae: nn.Module, patchify: bool) -> nn.Module:
+    """``run_infinity.py::load_infinity``'s flags at ``cfg``'s size."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = up.infinity_cls(
+            vae_local=vae,
+            text_channels=cfg.text_channels,
+            text_maxlen=cfg.text_maxlen,
+            embed_dim=cfg.width,
+            depth=cfg.depth,
+            num_heads=cfg.heads,
+            mlp_ratio=cfg.mlp_ratio,
+            block_chunks=cfg.block_chunks,
+            norm_eps=cfg.norm_eps,
+            drop_path_rate=0.0,
+            shared_aln=True,
+            checkpointing="full-block",
+            customized_flash_attn=False,
+            fused_norm=True,
+            pad_to_multiplier=128,
+            use_flex_attn=False,
+            add_lvl_embeding_only_first_block=1,
+            use_bit_label=1,
+            rope2d_each_sa_layer=1,
+            rope2d_normalized_by_hw=2,
+            pn=PN,
+            apply_spatial_patchify=int(patchify),
+            inference_mode=True,
+            train_h_div_w_list=[1.0],
+            cond_drop_rate=0.0,  # forward() drops captions at random even in eval otherwise (spec §1.11)
+        )
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def randomize_(model: nn.Module, seed: int) -> None:
+    """Weights far from upstream's init so that every path matters: AdaLN gates and the head at std 0.5,
+    non-trivial biases and norm affines, and one attention head's log-scale above its clamp."""
+    g = torch.Generator().manual_seed(seed)
+
+    def normal(shape: torch.Size, std: float) -> torch.Tensor:
+        return torch.randn(shape, generator=g) * std
+
+    for name, p in sorted(model.named_parameters()):
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "ada_gss" or name.startswith("head."):
+            p.copy_(normal(p.shape, 0.5))
+        elif leaf == "scale_mul_1H11":
+            p.copy_(math.log(4.0) + normal(p.shape, 0.3))
+            p.view(-1)[0] = 5.0  # above log(100): exercises the clamp
+        elif name.startswith("text_norm.") or ".ca_norm." in name:
+            p.copy_((1.0 if leaf == "weight" else 0.0) + normal(p.shape, 0.2))
+        elif leaf in ("cfg_uncond", "pos_start") or name.startswith("lvl_embed."):
+            p.copy_(normal(p.shape, 1.0 if leaf == "cfg_uncond" else 0.5))
+        elif p.ndim >= 2:  # linear weights and the pool's query: fan-in scaled
+            p.copy_(normal(p.shape, 1.0 / math.sqrt(p.shape[-1])))
+        else:  # biases (q_bias, v_bias, linear biases)
+            p.copy_(normal(p.shape, 0.1))
+
+
+@torch.no_grad()
+def randomize_vae_(vae: nn.Module, seed: int) -> None:
+    """Default conv init, with perturbed GroupNorm affines so that they matter."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in sorted(vae.named_parameters()):
+        if ".norm." in name:
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+# ---- result tables ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measured value; ``tol`` None means informational. ``total`` makes it a count ``value/total``."""
+
+    value: float
+    tol: float | None = 0.0
+    total: int | None = None
+    percent: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.tol is None or self.value <= self.tol
+
+    def text(self) -> str:
+        if self.total is not None:
+            return f"{int(self.value)}/{self.total}"
+        if self.percent:
+            return f"{self.value:.0%}"
+        return "0" if self.value == 0 else f"{self.value:.2e}"
+
+
+@dataclass
+class Table:
+    title: str
+    columns: Sequence[str]
+    rows: list[tuple[str, list[Cell]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, name: str, *cells: Cell) -> None:
+        self.rows.append((name, list(cells)))
+
+    @property
+    def failures(self) -> int:
+        return sum(not c.ok for _, cells in self.rows for c in cells)
+
+    def print(self) -> None:
+        head = ["", *self.columns, ""]
+        body = [
+            [
+                name,
+                *(c.text() + ("" if c.ok else " !") for c in cells),
+                "ok" if all(c.ok for c in cells) else "FAIL",
+            ]
+            for name, cells in self.rows
+        ]
+        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+        print(f"\n== {self.title}")
+        for r in [head, *body]:
+            print(
+                "  ".join(
+                    s.ljust(w) if i == 0 else s.rjust(w)
+                    for i, (s, w) in enumerate(zip(r, widths, strict=True))
+                )
+            )
+        for note in self.notes:
+            print(f"   {note}")
+
+
+def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        return math.inf
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+# ---- inputs -------------------------------------------------------------------------------------------
+
+
+def random_text(lens: tuple[int, ...], channels: int, seed: int) -> PackedText:
+    g = torch.Generator().manual_seed(seed)
+    return PackedText(torch.randn(sum(lens), channels, generator=g), lens)
+
+
+def label_tuple(text: PackedText) -> tuple[torch.Tensor, list[int], torch.Tensor, int]:
+    """Upstream's packed caption argument (kv_compact, lens, cu_seqlens_k, max_seqlen_k)."""
+    return text.feats_NE.clone(), list(text.lens), text.cu_seqlens(), max(text.lens)
+
+
+def upstream_schedule(up: Upstream, schedule: Schedule) -> list[tuple[int, int, int]]:
+    """Upstream's own table for the template (t replaced by 1, as at inference); must equal ours."""
+    grids = [(1, h, w) for _, h, w in up.dynamic_resolution_h_w[schedule.template][schedule.pn]["scales"]]
+    if [(h, w) for _, h, w in grids] != list(schedule.grids):
+        raise SystemExit(f"schedule mismatch for template {schedule.template}: {grids} vs {schedule.grids}")
+    return grids
+
+
+def random_bits(schedule: Schedule, batch: int, bits: int, seed: int) -> list[torch.Tensor]:
+    """Random bits (B, h, w, D) for every scale, as an encoded image would give (the VAE's bits were checked
+    bit-exact against upstream's separately, so random ones test the transformer as well)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 2, (batch, h, w, bits), generator=g) for h, w in schedule.grids]
+
+
+def teacher_inputs(bits: Sequence[torch.Tensor], schedule: Schedule) -> torch.Tensor:
+    """Transformer inputs x_BLD of scales 1..S-1 from per-scale bits (the inference rule, spec §1.8: codes
+    upsampled to the last grid and summed, then resized to the next grid). The same tensor goes to both
+    models; the rule itself is compared through generation (summed codes, next-scale logits)."""
+    inputs, summed = [], None
+    for k, b in enumerate(bits[:-1]):
+        codes = upsample_codes(bits_to_codes(b, False), schedule.last_grid)
+        summed = codes if summed is None else summed + codes
+        inputs.append(next_scale_input(summed, schedule.grids[k + 1], False))
+    return torch.cat(inputs, dim=1)
+
+
+# ---- comparisons --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pipeline:
+    """A VAE (ours, and upstream's with the same weights) and upstream's transformer built around it."""
+
+    upm: nn.Module
+    up_vae: nn.Module
+    vae: BSQVAE
+
+    @property
+    def patchify(self) -> bool:
+        return self.vae.cfg.spatial_patchify
+
+
+@dataclass
+class Models:
+    up: Upstream
+    ours: Infinity
+    plain: Pipeline
+    patchified: Pipeline
+
+    @property
+    def upm(self) -> nn.Module:
+        return self.plain.upm
+
+
+@torch.no_grad()
+def compare_schedules(table: Table, m: Models, pn: str) -> None:
+    """Our schedules and RoPE tables against upstream's ``dynamic_resolution_h_w`` and
+    ``rope2d_freqs_grid`` (keyed by schedule, built from each template's 1M grids), for every template."""
+    bad_grids, rope_d = 0, 0.0
+    for template in ASPECT_TEMPLATES:
+        schedule = get_schedule(template, pn)
+        grids = [(1, h, w) for _, h, w in m.up.dynamic_resolution_h_w[template][pn]["scales"]]
+        bad_grids += [(h, w) for _, h, w in grids] != list(schedule.grids)
+        table_up = m.upm.rope2d_freqs_grid[str(tuple(grids))][:, 0, 0, 0, : schedule.total_tokens]
+        cos, sin = m.ours.rope_table(schedule, torch.device("cpu"))
+        rope_d = max(rope_d, maxdiff(table_up, torch.stack((cos, sin))))
+    table.add(f"{pn}, {len(ASPECT_TEMPLATES)} templates", Cell(bad_grids), Cell(rope_d))
+
+
+@torch.no_grad()
+def compare_text(table: Table, m: Models, text: PackedText, name: str) -> None:
+    upm, ours = m.upm, m.ours
+    kv = upm.text_norm(text.feats_NE.clone())
+    cond = upm.text_proj_for_sos((kv, text.cu_seqlens(), max(text.lens))).float()
+    ca_kv = upm.text_proj_for_ca(kv)
+    gss = upm.shared_ada_lin(cond)
+    head_ss = upm.head_nm.ada_lin(cond).view(-1, 1, 2, ours.cfg.width)
+    mine = ours.condition(text)
+    table.add(
+        name,
+        Cell(maxdiff(cond, mine.cond_BC), TEXT_ATOL),
+        Cell(maxdiff(ca_kv, mine.memory.kv_NC), TEXT_ATOL),
+        Cell(maxdiff(gss, mine.gss_B16C), TEXT_ATOL),
+        Cell(maxdiff(head_ss, mine.head_ss_B12C), TEXT_ATOL),
+    )
+
+
+def _logit_scale(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    return max((a.abs().max().item() for a, _ in pairs), default=0.0)
+
+
+def _logit_diff(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    return max((maxdiff(a, b) for a, b in pairs), default=0.0)
+
+
+@torch.no_grad()
+def compare_forward(table: Table, m: Models, text: PackedText, schedule: Schedule, name: str) -> None:
+    grids = upstream_schedule(m.up, schedule)
+    inputs_BLD = teacher_inputs(random_bits(schedule, text.batch, m.ours.cfg.bits, seed=7), schedule)
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        ref = m.upm(label_tuple(text), inputs_BLD.clone(), grids)
+        return ref, m.ours(inputs_BLD, m.ours.condition(text), schedule)
+
+    bf16 = both()
+    with m.up.fp32_cross_attention():
+        fp32 = both()
+    scale = _logit_scale([bf16])
+    table.add(
+        name,
+        Cell(_logit_diff([bf16]), BF16_RTOL * scale),
+        Cell(_logit_diff([fp32]), FP32_RTOL * scale),
+        Cell(scale, None),
+    )
+
+
+@dataclass(frozen=True)
+class GenCase:
+    name: str
+    lens: tuple[int, ...]
+    h_div_w: float = 1.0
+    negative_lens: tuple[int, ...] | None = None
+    cfg: float = 3.0
+    tau: float = 0.5
+    seed: int = 0
+    given_scales: int = 0  # upstream's gt_leak: the bits of the first scales are given
+    patchify: bool = False
+
+
+@dataclass
+class Trace:
+    bits: list[torch.Tensor] = field(default_factory=list)  # (B, h, w, d) per scale
+    logits: list[torch.Tensor] = field(default_factory=list)  # every head call, (rows, l, 2d)
+    summed: torch.Tensor | None = None
+    image: np.ndarray | None = None  # (B, H, W, 3) uint8 RGB
+
+
+@contextlib.contextmanager
+def _recording(obj: Any, name: str, store: list[Any], pick: Callable[..., torch.Tensor]) -> Iterator[None]:
+    """Shadow method ``name`` of ``obj`` with an instance attribute that stores ``pick(out, *args)``."""
+    fn = getattr(obj, name)
+
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        out = fn(*args, **kwargs)
+        store.append(pick(out, *args).detach().clone())
+        return out
+
+    setattr(obj, name, inner)
+    try:
+        yield
+    finally:
+        delattr(obj, name)
+
+
+@torch.no_grad()
+def run_upstream(
+    m: Models,
+    case: GenCase,
+    text: PackedText,
+    neg: PackedText | None,
+    given: Sequence[torch.Tensor],
+    decode: bool = True,
+) -> Trace:
+    grids = upstream_schedule(m.up, get_schedule(case.h_div_w, PN))
+    p = m.patchified if case.patchify else m.plain
+    trace, summed = Trace(), []
+
+    def token_bits(out: torch.Tensor, idx_B1HWd: torch.Tensor, *args: Any) -> torch.Tensor:
+        # upstream pixel-shuffles patchified bits to VAE resolution first; back to (B, h, w, 4d) tokens
+        if not p.patchify:
+            return idx_B1HWd[:, 0]
+        return F.pixel_unshuffle(idx_B1HWd[:, 0].permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+
+    def vae_bits(bits_BhwD: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(bits_BhwD.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+
+    with (
+        _recording(p.upm, "get_logits", trace.logits, lambda out, *a: out),
+        _recording(p.up_vae.quantizer.lfq, "indices_to_codes", trace.bits, token_bits),
+        _recording(p.up_vae, "decode", summed, lambda out, z, *a: z),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
+        _, _, img = p.upm.autoregressive_infer_cfg(
+            vae=p.up_vae,
+            scale_schedule=grids,
+            label_B_or_BLT=label_tuple(text),
+            B=text.batch,
+            negative_label_B_or_BLT=None if neg is None else label_tuple(neg),
+            g_seed=case.seed,
+            cfg_list=[case.cfg] * len(grids),
+            tau_list=[case.tau] * len(grids),
+            top_k=TOP_K,
+            top_p=TOP_P,
+            returns_vemb=1,
+            cfg_insertion_layer=[0],  # the official setting: CFG on the logits
+            vae_type=p.vae.cfg.codebook_dim,  # any value but 0 selects the bitwise path
+            ret_img=decode,
+            gt_leak=len(given),
+            # upstream takes given bits as they are, at VAE resolution (B, 1, H, W, d) (spec §1.8 step 4)
+            gt_ls_Bl=[(vae_bits(b) if p.patchify else b).unsqueeze(1) for b in given],
+            inference_mode=True,
+        )
+    if decode:
+        trace.summed = summed[0]
+        trace.image = img.flip(dims=(3,)).numpy()  # upstream returns BGR for cv2
+    return trace
+
+
+@torch.no_grad()
+def run_ours(
+    m: Models,
+    case: GenCase,
+    text: PackedText,
+    neg: PackedText | None,
+    given: Sequence[torch.Tensor],
+    decode: bool = True,
+) -> Trace:
+    sampling = SamplingConfig(cfg=case.cfg, tau=case.tau, top_k=TOP_K, top_p=TOP_P, seed=case.seed)
+    plan = PathPlan("gen", text, given_bits=tuple(given), uncond=neg)
+    p = m.patchified if case.patchify else m.plain
+    trace = Trace()
+
+    def on_scale(event: ScaleEvent) -> None:
+        trace.bits.append(event.bits["gen"].clone())
+
+    with _recording(m.ours, "logits", trace.logits, lambda out, *a: out):
+        schedule = get_schedule(case.h_div_w, PN)
+        summed = run_scales(m.ours, [plan], schedule, sampling, patchify=p.patchify, on_scale=on_scale)["gen"]
+    trace.summed = summed
+    if decode:
+        trace.image = np.stack([np.asarray(to_pil(im)) for im in p.vae.decode(summed)])
+    return trace
+
+
+def random_share(logits: Sequence[torch.Tensor], batch: int, cfg: float) -> float:
+    """Share of sampled bits that top-p leaves random (minority probability > 1 - top_p): how much of the
+    bit comparison rests on the RNG stream rather than on forced majority bits."""
+    free = total = 0
+    for ell in logits:
+        mixed = cfg * ell[:batch] + (1 - cfg) * ell[batch:] if cfg != 1.0 else ell
+        p = mixed.reshape(-1, 2).softmax(-1).amin(-1)
+        free += int((p > 1 - TOP_P).sum())
+        total += p.numel()
+    return free / max(total, 1)
+
+
+def _agreeing_logits(ref: Trace, mine: Trace) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-scale logits pairs up to and including the first scale whose sampled bits differ: after that the
+    two runs condition on different histories."""
+    pairs = []
+    for k, (a, b) in enumerate(zip(ref.logits, mine.logits, strict=False)):
+        pairs.append((a, b))
+        if k >= len(ref.bits) or k >= len(mine.bits) or not torch.equal(ref.bits[k], mine.bits[k]):
+            break
+    return pairs
+
+
+def compare_generation(table: Table, m: Models, case: GenCase, seed: int) -> None:
+    C = m.ours.cfg.text_channels
+    text = random_text(case.lens, C, seed=100 + seed)
+    neg = None if case.negative_lens is None else random_text(case.negative_lens, C, seed=200 + seed)
+    schedule = get_schedule(case.h_div_w, PN)
+    given = random_bits(schedule, text.batch, m.ours.cfg.bits, seed=300 + seed)[: case.given_scales]
+
+    ref = run_upstream(m, case, text, neg, given)
+    mine = run_ours(m, case, text, neg, given)
+    with m.up.kernel_like_ours():
+        ref_k = run_upstream(m, case, text, neg, given, decode=False)
+    mine_k = run_ours(m, case, text, neg, given, decode=False)
+
+    bit_bad = sum(
+        int((a != b).sum()) if a.shape == b.shape else a.numel()
+        for a, b in zip(ref.bits, mine.bits, strict=False)
+    ) + abs(len(ref.bits) - len(mine.bits))
+    assert ref.summed is not None and mine.summed is not None
+    assert ref.image is not None and mine.image is not None
+    px_bad = int((ref.image != mine.image).sum()) if ref.image.shape == mine.image.shape else ref.image.size
+    pairs = _agreeing_logits(ref, mine)
+    scale = _logit_scale(pairs)
+    table.add(
+        case.name,
+        Cell(_logit_diff(pairs), BF16_RTOL * scale),
+        Cell(_logit_diff(_agreeing_logits(ref_k, mine_k)), 0.0),
+        Cell(scale, None),
+        Cell(bit_bad, 0, total=sum(a.numel() for a in ref.bits)),
+        Cell(maxdiff(ref.summed, mine.summed), 0.0),
+        Cell(px_bad, 0, total=ref.image.size),
+        Cell(random_share(ref.logits, text.batch, case.cfg), None, percent=True),
+    )
+    for label, r, o in (("stand-in kernel", ref, mine), ("our kernel", ref_k, mine_k)):
+        first = next(
+            (k for k, (a, b) in enumerate(zip(r.bits, o.bits, strict=False)) if not torch.equal(a, b)), None
+        )
+        if first is not None:
+            table.notes.append(f"{case.name} ({label}): sampled bits first differ at scale {first}")
+
+
+GEN_CASES = (
+    GenCase("1:1 B=1", (5,)),
+    GenCase("1:1 B=2 lens 7,3", (7, 3), seed=1),
+    GenCase("1:1 B=2 negative", (7, 3), negative_lens=(4, 6), seed=2),
+    GenCase("1:2 B=1", (6,), h_div_w=0.5, seed=3),
+    GenCase("1:2 B=2 negative", (8, 2), h_div_w=0.5, negative_lens=(3, 3), seed=4),
+    GenCase("1:1 B=2 no CFG, tau 1", (7, 3), cfg=1.0, tau=1.0, seed=5),
+    GenCase("1:1 B=2 given bits x3", (4, 9), given_scales=3, seed=6),
+    GenCase("3:1 B=2", (3, 5), h_div_w=3.0, seed=7),
+    GenCase("1:1 B=2 patchify (8B-style)", (7, 3), patchify=True, seed=8),
+    GenCase("1:2 B=1 patchify, given bits x2", (5,), h_div_w=0.5, patchify=True, given_scales=2, seed=9),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Compare scalestyle's Infinity with upstream's on CPU.")
+    parser.add_argument("--upstream", type=Path, required=True, help="a FoundationVision/Infinity checkout")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # upstream's torch.cuda.amp.autocast calls
+    warnings.filterwarnings("ignore", message=".*CUDA is not available.*")
+
+    up = import_upstream(args.upstream.resolve())
+    cfg = get_preset("tiny").transformer
+    for vae_cfg in (VAE_CFG, VAE_PATCHIFY_CFG):
+        if cfg.bits != vae_cfg.bits_per_token:
+            raise SystemExit(
+                f"tiny preset bits {cfg.bits} != bits per token {vae_cfg.bits_per_token} of {vae_cfg}"
+            )
+
+    torch.manual_seed(args.seed)
+    pipes = []
+    for vae_cfg in (VAE_CFG, VAE_PATCHIFY_CFG):
+        vae = BSQVAE(vae_cfg).eval().requires_grad_(False)
+        randomize_vae_(vae, args.seed)
+        up_vae = build_upstream_vae(up, vae_cfg)
+        up_vae.load_state_dict(vae.state_dict(), strict=True)
+        upm = build_upstream_infinity(up, cfg, up_vae, patchify=vae_cfg.spatial_patchify)
+        pipes.append(Pipeline(upm, up_vae, vae))
+    upm = pipes[0].upm
+    randomize_(upm, args.seed)
+    pipes[1].upm.load_state_dict(upm.state_dict(), strict=True)
+    ours = Infinity(cfg).eval()
+
+    weights = Table("weights", ["count"])
+    up_sd, our_sd = upm.state_dict(), ours.state_dict()
+    weights.add("keys only upstream has", Cell(len(set(up_sd) - set(our_sd))))
+    weights.add("keys only ours has", Cell(len(set(our_sd) - set(up_sd))))
+    weights.notes += [f"key in one only: {k}" for k in sorted(set(up_sd) ^ set(our_sd))]
+    common = set(up_sd) & set(our_sd)
+    weights.add("shape mismatches", Cell(sum(up_sd[k].shape != our_sd[k].shape for k in common)))
+    ours.load_state_dict(up_sd, strict=True)
+    ours.requires_grad_(False)
+    try:
+        from scalestyle.weights import load_infinity_weights
+    except ImportError:
+        weights.notes.append("scalestyle.weights.load_infinity_weights is not available")
+    else:
+        fresh = Infinity(cfg).eval()
+        load_infinity_weights(fresh, up_sd, source="upstream tiny model")
+        differ = sum(
+            not torch.equal(a, b)
+            for a, b in zip(fresh.state_dict().values(), ours.state_dict().values(), strict=True)
+        )
+        weights.add("load_infinity_weights vs load_state_dict: tensors differing", Cell(differ))
+    m = Models(up, ours, *pipes)
+
+    schedules = Table("schedules and RoPE-2D tables", ["grid mismatches", "RoPE cos/sin max |d|"])
+    for pn in PN_NUM_SCALES:
+        compare_schedules(schedules, m, pn)
+
+    C = cfg.text_channels
+    text = Table("text path (max |d|)", ["cond_BD", "ca_kv", "AdaLN gss", "head AdaLN"])
+    compare_text(text, m, random_text((5,), C, seed=1), "B=1 len 5")
+    compare_text(text, m, random_text((7, 3, 12), C, seed=2), "B=3 lens 7,3,12")
+    with torch.no_grad():
+        compare_text(text, m, ours.uncond_text((7, 3)), "cfg_uncond rows lens 7,3")
+
+    forward = Table(
+        "teacher-forced forward logits, B=2 lens 7,3 (max |d|)", ["bf16 CA", "fp32 CA", "max |logit|"]
+    )
+    for i, template in enumerate(ASPECT_TEMPLATES):
+        schedule = get_schedule(template, PN)
+        compare_forward(forward, m, random_text((7, 3), C, seed=10 + i), schedule, f"h/w {template}")
+
+    gen = Table(
+        f"KV-cached generation, cfg/tau as named (default 3/0.5), top_k {TOP_K}, top_p {TOP_P}",
+        [
+            "logits",
+            "logits, our kernel",
+            "max |logit|",
+            "bits differing",
+            "summed codes",
+            "pixels differing",
+            "random bits",
+        ],
+    )
+    for i, case in enumerate(GEN_CASES):
+        compare_generation(gen, m, case, seed=i)
+
+    tables = (weights, schedules, text, forward, gen)
+    for t in tables:
+        t.print()
+    failures = sum(t.failures for t in tables)
+    print(
+        f"\nlogit tolerances x max |logit|: {BF16_RTOL:g} (bf16 CA), {FP32_RTOL:g} (fp32 CA); exact: logits"
+        " with upstream's varlen attention in our kernel's float order, bits, summed codes, pixels"
+    )
+    print("all checks pass" if not failures else f"{failures} checks FAIL")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
