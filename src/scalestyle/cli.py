@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from scalestyle.schedules import PN_NUM_SCALES, parse_aspect
 
 if TYPE_CHECKING:
+    from scalestyle.analysis.pairs import PromptPair
     from scalestyle.method.style import StyleConfig
 
 EXIT_USAGE = 2
@@ -301,6 +302,130 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(text: str | None, default: int) -> tuple[int, ...]:
+    if text is None:
+        return (default,)
+    from scalestyle.analysis import parse_steps
+
+    try:
+        return parse_steps(text)
+    except ValueError as err:
+        raise CliError(f"--seeds must look like 0,1,2 or 0-7, got {text!r}") from err
+
+
+def _analysis_pairs(args: argparse.Namespace) -> list[PromptPair]:
+    from scalestyle.analysis import PromptPair, pair_set, read_pairs
+
+    if bool(args.prompt) != bool(args.alt_prompt):
+        raise CliError("--prompt and --alt-prompt go together (prompt A everywhere, B injected)")
+    pairs: list[PromptPair] = []
+    if args.prompt:
+        pairs.append(PromptPair(args.prompt, args.alt_prompt, args.pair_kind))
+    if args.pairs:
+        pairs += read_pairs(args.pairs)
+    for name in args.pair_set:
+        pairs += pair_set(name, args.pairs_per_set, seed=args.pairs_seed)
+    if not pairs:
+        raise CliError("give --prompt A --alt-prompt B, a --pairs FILE, or a --pair-set")
+    return pairs
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from scalestyle.analysis import (
+        QKVInjectionConfig,
+        StepInjectionConfig,
+        parse_steps,
+        run_qkv_injection,
+        run_step_injection,
+        scale_of,
+    )
+    from scalestyle.analysis.scorers import Scorer, clip_scorer, world_scorers
+    from scalestyle.config import SamplingConfig
+    from scalestyle.pipeline import Pipeline, bundled_demo_dir, default_home
+
+    pairs = _analysis_pairs(args)
+    seeds = _seeds(args.seeds, args.seed)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir, os.W_OK):
+        raise CliError(f"cannot write into {out_dir}: permission denied")
+    sampling = SamplingConfig(
+        cfg=args.cfg,
+        tau=args.tau,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        h_div_w=parse_aspect(args.aspect),
+        pn=args.pn,
+    )
+    common = {
+        "sampling": sampling,
+        "cfg_rows": args.cfg_rows,
+        "convention": args.steps_convention,
+        "batch": args.batch,
+        "band": args.band,
+        "thumb": args.thumb,
+    }
+    # settings are checked before the model loads; the steps need its schedule
+    if args.analysis == "step-injection":
+        step_cfg = StepInjectionConfig(mode=args.mode, **common)
+    else:
+        comps = tuple(c.strip().lower() for c in args.components.split(",") if c.strip())
+        qkv_cfg = QKVInjectionConfig(components=comps, **common)
+    pipe = Pipeline.load(args.model, device=args.device, random_weights=args.random_weights)
+    num_scales = pipe.schedule_for(h_div_w=sampling.h_div_w, pn=sampling.pn).num_scales
+
+    def scales(text: str) -> tuple[int, ...]:
+        return tuple(scale_of(s, args.steps_convention, num_scales) for s in parse_steps(text))
+
+    scorers: dict[str, Scorer] = {}
+    if not args.no_classifiers and not args.random_weights:
+        if args.model is None:
+            folder = bundled_demo_dir()
+        elif Path(str(args.model)).is_dir():
+            folder = Path(str(args.model))
+        else:
+            folder = default_home() / str(args.model)
+        if folder.is_dir():
+            scorers.update(world_scorers(folder))
+    if args.clip:
+        scorers["clip"] = clip_scorer(args.clip, device=pipe.device)
+    show = not args.quiet
+    if show and not scorers:
+        sys.stderr.write("no scorer (no world classifiers in the model folder, no --clip): images only\n")
+
+    from tqdm import tqdm
+
+    bar = tqdm(desc=args.analysis, unit="image", disable=not show, leave=False, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    if args.analysis == "step-injection":
+        if args.steps:
+            step_cfg = replace(step_cfg, scales=scales(args.steps))
+        result = run_step_injection(
+            pipe, pairs, seeds, out_dir, config=step_cfg, scorers=scorers, progress=progress
+        )
+    else:
+        if args.steps:
+            qkv_cfg = replace(qkv_cfg, ranges=tuple(scales(r) for r in args.steps))
+        result = run_qkv_injection(
+            pipe, pairs, seeds, out_dir, config=qkv_cfg, scorers=scorers, progress=progress
+        )
+    bar.close()
+    if show:
+        names = ", ".join(p.name for p in result.files.values())
+        sys.stderr.write(
+            f"{args.analysis}: computed {result.computed} image(s), {result.skipped} already done; "
+            f"{len(result.rows)} rows in {out_dir / 'rows.jsonl'}; wrote {names}\n"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scalestyle", description=__doc__.splitlines()[0] if __doc__ else ""
@@ -364,6 +489,70 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quick", action="store_true", help="a few steps of each part (smoke test)")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_train)
+
+    an = sub.add_parser("analyze", help="where content and style are decided (the paper's Section 4)")
+    an_sub = an.add_subparsers(dest="analysis", required=True)
+    for name, help_text in (
+        ("step-injection", "prompt A everywhere except prompt B at one step, for every step"),
+        ("qkv-injection", "A regenerated with B's self-attention queries, keys or values"),
+    ):
+        a = an_sub.add_parser(name, help=help_text)
+        a.add_argument("--prompt", default=None, help="prompt A (generated everywhere)")
+        a.add_argument("--alt-prompt", default=None, help="prompt B (injected)")
+        a.add_argument("--pair-kind", default="custom", choices=["content", "style", "custom"])
+        a.add_argument(
+            "--pairs", default=None, help="file: one 'prompt A | prompt B [| content|style]' a line"
+        )
+        a.add_argument(
+            "--pair-set",
+            action="append",
+            default=[],
+            choices=["paper-content", "paper-style", "world-content", "world-style"],
+            help="built-in pairs; repeat for several",
+        )
+        a.add_argument("--pairs-per-set", type=int, default=4, help="pairs drawn for each world-* set")
+        a.add_argument("--pairs-seed", type=int, default=0, help="which world pairs are drawn")
+        a.add_argument("--seeds", default=None, help="e.g. 0,1,2 or 0-7 (default: --seed)")
+        a.add_argument("--out-dir", required=True, help="output folder (resumable: done rows are kept)")
+        if name == "step-injection":
+            a.add_argument("--steps", default=None, help="steps to inject at, e.g. 1-13 (default: all)")
+            a.add_argument(
+                "--mode",
+                default="cross",
+                choices=["cross", "handoff"],
+                help="cross: swap the cross-attention text at step s; handoff: B's full conditioning "
+                "draws step s given A's earlier steps",
+            )
+        else:
+            a.add_argument(
+                "--steps",
+                nargs="+",
+                default=None,
+                help="step ranges, each injected separately, e.g. 1-13 or 1-3 4-7 (default: all steps)",
+            )
+            a.add_argument("--components", default="q,k,v", help="which of q, k, v to inject")
+        a.add_argument(
+            "--steps-convention",
+            default="A",
+            choices=["A", "B"],
+            help="A: step 1 is the start token; B: steps are upstream's 0-based loop index",
+        )
+        a.add_argument(
+            "--cfg-rows", default="share", choices=["share", "plain"], help="edit the CFG rows alike or not"
+        )
+        a.add_argument("--batch", type=int, default=1, help="injected images per run (a kill loses these)")
+        a.add_argument(
+            "--band", default="minmax", choices=["minmax", "std"], help="band over pairs and seeds"
+        )
+        a.add_argument("--thumb", type=int, default=128, help="grid thumbnail size in pixels")
+        a.add_argument("--clip", default=None, help="local CLIP model folder: adds a 'clip' score")
+        a.add_argument(
+            "--no-classifiers", action="store_true", help="skip the model folder's world classifiers"
+        )
+        a.add_argument("--quiet", action="store_true")
+        _add_model_args(a)
+        _add_sampling_args(a)
+        a.set_defaults(func=cmd_analyze)
 
     dl = sub.add_parser("download", help="fetch official weights from the Hugging Face hub")
     dl.add_argument("preset", choices=["infinity-2b", "infinity-8b"])
