@@ -21,6 +21,7 @@ import torch
 
 from scalestyle.config import ModelPreset, TextEncoderConfig, get_preset
 from scalestyle.data import procedural as world
+from scalestyle.eval.classifier import WorldClassifier
 from scalestyle.models.demo_text import build_demo_text_encoder
 from scalestyle.models.text_encoder import PackedText, TextEncoder
 from scalestyle.schedules import get_schedule
@@ -128,9 +129,16 @@ def train_demo(out_dir: Path, work_dir: Path, cfg: DemoTrainConfig, *, progress:
     )
     t_transformer = time.perf_counter() - t0
     t0 = time.perf_counter()
-    content_clf, style_clf = train_classifiers(
-        cfg.classifiers, work_dir, vae=vae, schedule=schedule, progress=progress
-    )
+    clf_files = (work_dir / "content_classifier.safetensors", work_dir / "style_classifier.safetensors")
+    if all(f.is_file() for f in clf_files):
+        # a finished stage resumes as a whole: the classifiers train in minutes and keep no optimizer state
+        content_clf, style_clf = (WorldClassifier.load(f) for f in clf_files)
+    else:
+        content_clf, style_clf = train_classifiers(
+            cfg.classifiers, work_dir, vae=vae, schedule=schedule, progress=progress
+        )
+        content_clf.save(clf_files[0])
+        style_clf.save(clf_files[1])
     t_classifiers = time.perf_counter() - t0
 
     info = {
@@ -155,8 +163,8 @@ def train_demo(out_dir: Path, work_dir: Path, cfg: DemoTrainConfig, *, progress:
     dest_text.mkdir(exist_ok=True)
     for f in text_dir.iterdir():
         (dest_text / f.name).write_bytes(f.read_bytes())
-    content_clf.save(out_dir / "content_classifier.safetensors")
-    style_clf.save(out_dir / "style_classifier.safetensors")
+    for f in clf_files:
+        (out_dir / f.name).write_bytes(f.read_bytes())
     # config.json is written last, so an interrupted export is never taken for a model folder
     # fp16 halves the shipped transformer (the loader casts back to fp32); the VAE stays fp32
     shipped = copy.deepcopy(transformer).half()
