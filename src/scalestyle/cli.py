@@ -426,6 +426,110 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_folder(model: str | None) -> Path:
+    """The folder a --model value loads from (where the demo's world classifiers live)."""
+    from scalestyle.pipeline import bundled_demo_dir, default_home
+
+    if model is None:
+        return bundled_demo_dir()
+    return Path(model) if Path(model).is_dir() else default_home() / model
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from scalestyle.config import SamplingConfig
+    from scalestyle.eval import protocols
+    from scalestyle.eval.evaluate import Scorers, classifier_gram, run_evaluation
+    from scalestyle.eval.methods import get_methods
+    from scalestyle.eval.world import Judges
+    from scalestyle.pipeline import Pipeline
+
+    # everything the user typed is checked before the model loads
+    methods = get_methods(args.methods)
+    seeds = protocols.parse_seeds(args.seeds) if args.seeds else (args.seed,)
+    contents, styles = protocols.parse_list(args.contents), protocols.parse_list(args.styles)
+    if args.protocol == "procedural":
+        if args.style_images:
+            raise CliError("--style-images is for --protocol finestyle (procedural references are rendered)")
+        cases = protocols.procedural_cases(contents, styles, seeds)
+    else:
+        prompts_csv, styles_csv = protocols.finestyle_files(args.prompts_csv, args.styles_csv)
+        fs_prompts, fs_styles = protocols.read_finestyle(prompts_csv, styles_csv)
+        cases = protocols.finestyle_cases(
+            fs_prompts, fs_styles, args.style_images, contents=contents, style_ids=styles, seeds=seeds
+        )
+    sampling = SamplingConfig(
+        cfg=args.cfg,
+        tau=args.tau,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        h_div_w=parse_aspect(args.aspect),
+        pn=args.pn,
+    )
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir, os.W_OK):
+        raise CliError(f"cannot write into {out_dir}: permission denied")
+    show = not args.quiet
+    pipe = Pipeline.load(args.model, device=args.device)
+    judges = None
+    if args.protocol == "procedural":
+        folder = _model_folder(args.model)
+        if all((folder / f"{k}_classifier.safetensors").is_file() for k in ("content", "style")):
+            judges = Judges.load(folder)
+        elif show:
+            sys.stderr.write(f"no world classifiers in {folder}: ground-truth metrics skipped\n")
+    gram = None
+    if args.gram == "classifier" or (args.gram == "auto" and judges is not None):
+        if judges is None:
+            raise CliError("--gram classifier needs the world classifiers of a demo model folder")
+        gram = classifier_gram(judges)
+    elif args.gram not in ("auto", "none"):
+        from scalestyle.metrics import GramStyle
+
+        gram = GramStyle.from_pretrained(args.gram, device=pipe.device)
+    clip = dino = None
+    if args.clip:
+        from scalestyle.metrics import CLIPScorer
+
+        clip = CLIPScorer.from_pretrained(args.clip, device=pipe.device)
+    if args.dino:
+        from scalestyle.metrics import DINOScorer
+
+        dino = DINOScorer.from_pretrained(args.dino, device=pipe.device)
+    scorers = Scorers(judges=judges, clip=clip, dino=dino, gram=gram, ssim=not args.no_ssim)
+
+    from tqdm import tqdm
+
+    bar = tqdm(desc="evaluate", unit="image", disable=not show, leave=False, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    result = run_evaluation(
+        pipe,
+        cases,
+        out_dir,
+        methods=methods,
+        sampling=sampling,
+        scorers=scorers,
+        max_images=args.max_images,
+        progress=progress,
+        thumb=args.thumb,
+        sheet_columns=args.sheet_columns,
+    )
+    bar.close()
+    if show:
+        stop = " (stopped at --max-images; run again to continue)" if result.stopped else ""
+        sys.stderr.write(
+            f"evaluate: generated {result.computed} image(s), reused {result.reused}, "
+            f"{result.skipped} row(s) already done{stop}; {len(result.rows)} rows in "
+            f"{out_dir / 'rows.jsonl'}; summary in {out_dir / 'summary.md'}\n"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scalestyle", description=__doc__.splitlines()[0] if __doc__ else ""
@@ -553,6 +657,50 @@ def build_parser() -> argparse.ArgumentParser:
         _add_model_args(a)
         _add_sampling_args(a)
         a.set_defaults(func=cmd_analyze)
+
+    ev = sub.add_parser("evaluate", help="compare methods on a protocol (procedural world, FineStyle)")
+    ev.add_argument("--protocol", required=True, choices=["procedural", "finestyle"])
+    ev.add_argument(
+        "--methods",
+        default="plain,prompt-only,stylealigned,a,b,c,d",
+        help="comma-separated: plain, prompt-only, stylealigned, a, b, c, d (= ours)",
+    )
+    ev.add_argument("--out", required=True, help="run folder (resumable: done rows and images are kept)")
+    ev.add_argument("--seeds", default=None, help="e.g. 0,1 or 0-3 (default: --seed)")
+    ev.add_argument(
+        "--contents",
+        default=None,
+        help="comma-separated; procedural: world contents (default star,heart,house,fish); "
+        "finestyle: content_ids or prompts (default all 190)",
+    )
+    ev.add_argument(
+        "--styles",
+        default=None,
+        help="comma-separated; procedural: held-out styles (default all 7); "
+        "finestyle: style_ids (default all 10)",
+    )
+    ev.add_argument("--style-images", default=None, help="finestyle: folder with <style_id>.png per style")
+    ev.add_argument(
+        "--prompts-csv", default=None, help="finestyle prompts (default ../shared/benchmarks/finestyle)"
+    )
+    ev.add_argument("--styles-csv", default=None, help="finestyle styles (default beside the prompts)")
+    ev.add_argument("--clip", default=None, help="CLIP folder or hub id: CLIP-T and CLIP-I")
+    ev.add_argument("--dino", default=None, help="DINO folder or hub id: DINO similarity")
+    ev.add_argument(
+        "--gram",
+        default="auto",
+        help="Gram style loss features: auto (world style classifier when present), classifier, none, "
+        "or a CNN folder / hub id",
+    )
+    ev.add_argument("--no-ssim", action="store_true", help="skip SSIM to the reference")
+    ev.add_argument("--max-images", type=int, default=None, help="stop after generating this many")
+    ev.add_argument("--thumb", type=int, default=96, help="contact-sheet cell size in pixels")
+    ev.add_argument("--sheet-columns", type=int, default=32, help="at most this many columns per sheet")
+    ev.add_argument("--model", default=None, help="model folder or preset (default: the bundled demo)")
+    ev.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    ev.add_argument("--quiet", action="store_true")
+    _add_sampling_args(ev)
+    ev.set_defaults(func=cmd_evaluate)
 
     dl = sub.add_parser("download", help="fetch official weights from the Hugging Face hub")
     dl.add_argument("preset", choices=["infinity-2b", "infinity-8b"])

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from scalestyle.config import get_preset
+from scalestyle.data import procedural as world
+from scalestyle.models.infinity import Infinity
+from scalestyle.models.random_text import RandomTextEncoder
+from scalestyle.schedules import get_schedule
+from scalestyle.train.demo import world_batch, world_vocabulary
+from scalestyle.train.transformer import BitObjective, TransformerTrainConfig, encode_batch, train_transformer
+from scalestyle.train.vae import VAEObjective, VAETrainConfig, train_vae
+from tests.helpers import tiny_vae
+
+SCHEDULE = get_schedule(1.0, "0.06M")
+PRESET = get_preset("tiny")
+
+
+def images(step: int, batch_size: int, g: torch.Generator) -> torch.Tensor:
+    return world_batch(step, batch_size, g)[0]
+
+
+def fit(
+    objective: torch.nn.Module, inputs: tuple[object, ...], steps: int = 12, lr: float = 3e-3
+) -> list[float]:
+    opt = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = objective(*inputs)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def test_vae_steps_reduce_the_loss_on_a_tiny_batch() -> None:
+    objective = VAEObjective(tiny_vae(), SCHEDULE.grids, VAETrainConfig())
+    losses = fit(objective, (images(0, 4, torch.Generator().manual_seed(0)),))
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_transformer_steps_reduce_the_bit_loss_on_a_tiny_batch() -> None:
+    model = Infinity(PRESET.transformer)
+    model.init_weights(torch.Generator().manual_seed(0))
+    img, captions = world_batch(0, 4, torch.Generator().manual_seed(0), (0.6, 0.2, 0.2))
+    inputs, bits = encode_batch(tiny_vae(), img, SCHEDULE)
+    text = RandomTextEncoder(PRESET.transformer.text_channels, 32).encode(captions)
+    losses = fit(
+        BitObjective(model, SCHEDULE), (inputs, bits, text, torch.tensor([False, True, False, False]))
+    )
+    assert losses[-1] < 0.95 * losses[0]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_vae_checkpoint_resumes_to_the_same_state(tmp_path: Path) -> None:
+    cfg = VAETrainConfig(steps=4, batch_size=2, ckpt_every=2, log_every=1)
+    full = train_vae(PRESET.vae, cfg, images, SCHEDULE.grids, tmp_path / "full", progress=False)
+
+    def killed_at_3(step: int, batch_size: int, g: torch.Generator) -> torch.Tensor:
+        if step == 3:
+            raise Interrupt
+        return images(step, batch_size, g)
+
+    with pytest.raises(Interrupt):
+        train_vae(PRESET.vae, cfg, killed_at_3, SCHEDULE.grids, tmp_path / "resumed", progress=False)
+    resumed = train_vae(PRESET.vae, cfg, images, SCHEDULE.grids, tmp_path / "resumed", progress=False)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_transformer_checkpoint_resumes_to_the_same_state(tmp_path: Path) -> None:
+    cfg = TransformerTrainConfig(steps=3, batch_size=2, ckpt_every=1, log_every=1)
+    vae = tiny_vae()
+    text = RandomTextEncoder(PRESET.transformer.text_channels, 32).encode
+
+    def batches(step: int, batch_size: int, g: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+        return world_batch(step, batch_size, g, (0.6, 0.2, 0.2))
+
+    full = train_transformer(
+        PRESET.transformer, cfg, vae, text, batches, SCHEDULE, tmp_path / "a", progress=False
+    )
+    short = TransformerTrainConfig(steps=3, batch_size=2, ckpt_every=1, log_every=1)
+
+    def killed(step: int, batch_size: int, g: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+        if step == 2:
+            raise Interrupt
+        return batches(step, batch_size, g)
+
+    with pytest.raises(Interrupt):
+        train_transformer(
+            PRESET.transformer, short, vae, text, killed, SCHEDULE, tmp_path / "b", progress=False
+        )
+    resumed = train_transformer(
+        PRESET.transformer, short, vae, text, batches, SCHEDULE, tmp_path / "b", progress=False
+    )
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_world_batches_use_training_styles_and_every_caption_word_tokenizes() -> None:
+    vocab = set(world_vocabulary())
+    for step in range(3):
+        _, captions = world_batch(step, 8, torch.Generator().manual_seed(step), (0.6, 0.2, 0.2))
+        for c in captions:
+            assert set(c.split()) <= vocab
+            assert not any(s in c for s in world.HELD_OUT_STYLES)
