@@ -35,9 +35,14 @@ EXTRA_WORDS = ("a", "an", "in", "of", "style", "photo", "picture", "drawing", "t
 
 @dataclass(frozen=True)
 class DemoTrainConfig:
-    vae: VAETrainConfig = field(default_factory=VAETrainConfig)
-    transformer: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
-    classifiers: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
+    # the shipped demo's recipe (see its model card); sized for a 2-core CPU in about an hour
+    vae: VAETrainConfig = field(default_factory=lambda: VAETrainConfig(steps=2500, batch_size=16))
+    transformer: TransformerTrainConfig = field(
+        default_factory=lambda: TransformerTrainConfig(steps=1800, batch_size=16)
+    )
+    classifiers: ClassifierTrainConfig = field(
+        default_factory=lambda: ClassifierTrainConfig(steps=600, batch_size=32, recon_fraction=0.25)
+    )
     # captions: "<content> in <style>", "<content>" alone, "<style>" alone; the method's three paths use all
     caption_mix: tuple[float, float, float] = (0.6, 0.2, 0.2)
     preset: str = "demo"
