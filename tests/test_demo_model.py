@@ -1,0 +1,33 @@
+"""The shipped demo model: present, small, loads and generates in seconds on CPU."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from scalestyle.pipeline import Pipeline, bundled_demo_dir
+from scalestyle.weights import read_model_config
+
+MiB = 2**20
+
+
+def test_bundled_files_are_small_and_complete() -> None:
+    folder = bundled_demo_dir()
+    preset = read_model_config(folder)
+    assert preset.name == "demo"
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert {"content_classifier.safetensors", "style_classifier.safetensors", "MODEL_CARD.md"} <= {
+        p.name for p in files
+    }
+    assert max(p.stat().st_size for p in files) < 16 * MiB
+    assert sum(p.stat().st_size for p in files) < 40 * MiB
+
+
+def test_demo_loads_and_generates_in_seconds() -> None:
+    start = time.perf_counter()
+    pipe = Pipeline.load(device="cpu")
+    out = pipe("a star in neon style", seed=0)
+    assert time.perf_counter() - start < 30
+    assert out.images[0].size == (64, 64) and out.images[0].mode == "RGB"
+    assert torch.isfinite(out.summed_codes_BdHW).all()
