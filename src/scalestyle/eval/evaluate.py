@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from scalestyle.analysis.records import settings_diff
 from scalestyle.bench import git_commit, machine_info
 from scalestyle.config import SamplingConfig
 from scalestyle.data import procedural as world
@@ -141,27 +142,12 @@ class RowLog:
         for row in self.rows.values():
             name = row["method"]
             if name in hashes and row.get("config_hash") != hashes[name]:
-                diff = _config_diff(_flat(row.get("config") or {}), _flat(configs[name]))
+                diff = settings_diff(row.get("config") or {}, configs[name]) or "config hash differs"
                 raise ValueError(
                     f"{self.path} holds rows of method {name!r} made with other settings ({diff}); "
                     "use another output folder, or the settings those rows were made with"
                 )
         return hashes
-
-
-def _flat(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in settings.items():
-        if isinstance(v, Mapping):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "config hash differs"
 
 
 # -- scorers -----------------------------------------------------------------------------------------------
