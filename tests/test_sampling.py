@@ -34,6 +34,26 @@ def test_teacher_forced_bits_reproduce_the_encoded_summed_codes() -> None:
     torch.testing.assert_close(summed, enc.summed_codes_BdHW, atol=0, rtol=0)
 
 
+def test_every_path_stopping_early_ends_the_run_with_the_same_first_scales() -> None:
+    model = tiny_transformer()
+    runs: dict[str, list[torch.Tensor]] = {"full": [], "stopped": []}
+    for name, last in (("full", None), ("stopped", 2)):
+        plan = PathPlan(name, TEXT.encode(["a star"]), last_scale=last)
+        with torch.no_grad():
+            out = run_scales(
+                model,
+                [plan],
+                SCHEDULE,
+                SamplingConfig(seed=5),
+                patchify=False,
+                on_scale=lambda e, n=name: runs[n].append(e.bits[n]),
+            )
+        assert out[name].shape[-2:] == (16, 16)
+    assert len(runs["stopped"]) == 3 and len(runs["full"]) == SCHEDULE.num_scales
+    for a, b in zip(runs["stopped"], runs["full"][:3], strict=False):
+        assert torch.equal(a, b)
+
+
 def test_top_p_forces_the_majority_bit() -> None:
     logits = torch.tensor([[[0.0, 5.0, 5.0, 0.0]]])  # bit 0 -> 1 with p 0.993, bit 1 -> 0 with p 0.993
     g = torch.Generator().manual_seed(0)

@@ -11,7 +11,13 @@ from scalestyle.models.infinity import Infinity
 from scalestyle.models.random_text import RandomTextEncoder
 from scalestyle.schedules import get_schedule
 from scalestyle.train.demo import world_batch, world_vocabulary
-from scalestyle.train.transformer import BitObjective, TransformerTrainConfig, encode_batch, train_transformer
+from scalestyle.train.transformer import (
+    BitObjective,
+    TransformerTrainConfig,
+    encode_batch,
+    scale_loss_weights,
+    train_transformer,
+)
 from scalestyle.train.vae import VAEObjective, VAETrainConfig, train_vae
 from tests.helpers import tiny_vae
 
@@ -53,6 +59,39 @@ def test_transformer_steps_reduce_the_bit_loss_on_a_tiny_batch() -> None:
         BitObjective(model, SCHEDULE), (inputs, bits, text, torch.tensor([False, True, False, False]))
     )
     assert losses[-1] < 0.95 * losses[0]
+
+
+def test_scale_weightings_sum_to_one_and_spread_the_loss_as_documented() -> None:
+    counts, offsets = SCHEDULE.tokens_per_scale, SCHEDULE.offsets()
+
+    def per_scale(weighting: str) -> list[float]:
+        w = scale_loss_weights(SCHEDULE, weighting)
+        assert w.shape == (SCHEDULE.total_tokens,) and abs(float(w.sum()) - 1) < 1e-6
+        return [float(w[o : o + n].sum()) for o, n in zip(offsets, counts, strict=True)]
+
+    total = SCHEDULE.total_tokens
+    assert per_scale("token") == pytest.approx([n / total for n in counts])
+    assert per_scale("scale") == pytest.approx([1 / len(counts)] * len(counts))
+    sqrt = per_scale("sqrt")  # token weight ~ 1/side, so a scale's share ~ its side
+    assert sqrt == pytest.approx([s / sum(n**0.5 for n in counts) for s in (n**0.5 for n in counts)])
+    with pytest.raises(ValueError, match="scale_weighting"):
+        TransformerTrainConfig(scale_weighting="area")
+
+
+def test_token_weighting_is_the_plain_mean_and_scale_weighting_differs() -> None:
+    model = Infinity(PRESET.transformer)
+    model.init_weights(torch.Generator().manual_seed(0))
+    img, captions = world_batch(0, 2, torch.Generator().manual_seed(0), (0.6, 0.2, 0.2))
+    inputs, bits = encode_batch(tiny_vae(), img, SCHEDULE)
+    text = RandomTextEncoder(PRESET.transformer.text_channels, 32).encode(captions)
+    drop = torch.tensor([False, False])
+    with torch.no_grad():
+        logits = model(inputs, model.condition(text), SCHEDULE)
+        plain = torch.nn.functional.cross_entropy(logits.reshape(-1, 2), bits.flatten())
+        token = BitObjective(model, SCHEDULE, "token")(inputs, bits, text, drop)["loss"]
+        scale = BitObjective(model, SCHEDULE, "scale")(inputs, bits, text, drop)["loss"]
+    torch.testing.assert_close(token, plain, atol=1e-6, rtol=1e-5)
+    assert abs(float(scale - token)) > 1e-4
 
 
 class Interrupt(Exception):

@@ -35,11 +35,12 @@ def test_world_evaluation_rows_and_summary(tiny_model_dir: Path) -> None:
         assert 0 <= s["content_acc"] <= 1 and 0 <= s["p_style"] <= 1
 
 
-def test_classifier_round_trip(tmp_path: Path) -> None:
-    clf = WorldClassifier(("a", "b", "c")).eval()
+@pytest.mark.parametrize("width", [32, 8])
+def test_classifier_round_trip(tmp_path: Path, width: int) -> None:
+    clf = WorldClassifier(("a", "b", "c"), width=width).eval()
     clf.save(tmp_path / "c.safetensors")
     again = WorldClassifier.load(tmp_path / "c.safetensors")
     x = torch.rand(2, 3, 64, 64) * 2 - 1
-    assert again.labels == ("a", "b", "c") and torch.equal(clf(x), again(x))
+    assert again.labels == ("a", "b", "c") and again.width == width and torch.equal(clf(x), again(x))
     with pytest.raises(ValueError, match="at least 2"):
         WorldClassifier(("a",))

@@ -154,6 +154,8 @@ def run_scales(
         if si == S - 1:
             break
         running = [n for n in layout.paths if _runs_after(by_name[n], si)]
+        if not running:
+            break
         if len(running) < len(layout.paths):
             layout, keep = layout.keep(running)
             keep = keep.to(device)

@@ -23,7 +23,7 @@ class WorldClassifier(nn.Module):
         super().__init__()
         if len(labels) < 2:
             raise ValueError(f"a classifier needs at least 2 labels, got {labels}")
-        self.labels = labels
+        self.labels, self.width = labels, width
         chans = (3, width, 2 * width, 4 * width, 4 * width)
         layers: list[nn.Module] = []
         for c_in, c_out in itertools.pairwise(chans):
@@ -53,7 +53,7 @@ class WorldClassifier(nn.Module):
         save_file(
             {k: v.contiguous() for k, v in self.state_dict().items()},
             str(path),
-            metadata={"labels": json.dumps(list(self.labels))},
+            metadata={"labels": json.dumps(list(self.labels)), "width": str(self.width)},
         )
 
     @classmethod
@@ -64,6 +64,7 @@ class WorldClassifier(nn.Module):
             meta = f.metadata() or {}
         if "labels" not in meta:
             raise ValueError(f"{path} is not a scalestyle classifier (no labels in its metadata)")
-        model = cls(tuple(json.loads(meta["labels"])))
+        # files written before the width was recorded all used the default width
+        model = cls(tuple(json.loads(meta["labels"])), int(meta.get("width", 32)))
         model.load_state_dict(load_file(str(path)))
         return model.eval()

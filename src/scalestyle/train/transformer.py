@@ -5,10 +5,17 @@ As upstream `trainer.py`: the frozen VAE turns each image into per-scale bits an
 block-causal mask in one forward, and the loss is the bitwise cross-entropy averaged over all tokens and
 bits. Captions are replaced by the model's learned empty caption (``cfg_uncond``, truncated to the
 caption's length) with probability ``cond_drop`` so that classifier-free guidance works at inference.
+
+``scale_weighting`` spreads the loss over scales: ``"token"`` averages all tokens (the last scales dominate),
+``"sqrt"`` weighs each token by ``side_last / side_k`` (upstream Infinity's ``reweight_loss_by_scale``), and
+``"scale"`` gives every scale the same total weight (VAR's ``loss_eq_weight`` with ``eq_loss=2``). The coarse
+scales decide what the image shows, and only the caption tells the model which object to draw there, so the
+demo uses ``"scale"``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +37,7 @@ from scalestyle.train.vae import lr_at
 BatchFn = Callable[[int, int, torch.Generator], tuple[torch.Tensor, list[str]]]
 """(step, batch_size, generator) -> (images (B, 3, P, P) in [-1, 1], captions)."""
 TextFn = Callable[[Sequence[str]], PackedText]
+SCALE_WEIGHTINGS = ("token", "sqrt", "scale")
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ class TransformerTrainConfig:
     warmup: int = 200
     grad_clip: float = 2.0
     cond_drop: float = 0.1
+    scale_weighting: str = "token"
     seed: int = 0
     log_every: int = 25
     ckpt_every: int = 250
@@ -54,14 +63,35 @@ class TransformerTrainConfig:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
+        if self.scale_weighting not in SCALE_WEIGHTINGS:
+            raise ValueError(
+                f"scale_weighting must be one of {SCALE_WEIGHTINGS}, got {self.scale_weighting!r}"
+            )
+
+
+def scale_loss_weights(schedule: Schedule, weighting: str) -> torch.Tensor:
+    """Per-token loss weights ``(L,)`` over all scales of ``schedule``, summing to 1 (see module doc)."""
+    if weighting not in SCALE_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {SCALE_WEIGHTINGS}, got {weighting!r}")
+    last = math.sqrt(schedule.tokens_per_scale[-1])
+    per_scale = {
+        "token": [1.0] * schedule.num_scales,
+        "sqrt": [last / math.sqrt(n) for n in schedule.tokens_per_scale],
+        "scale": [1.0 / n for n in schedule.tokens_per_scale],
+    }[weighting]
+    w_L = torch.cat([torch.full((n,), w) for n, w in zip(schedule.tokens_per_scale, per_scale, strict=True)])
+    return w_L / w_L.sum()
 
 
 class BitObjective(nn.Module):
     """Bitwise cross-entropy of the teacher-forced forward, as a module so DDP sees one forward."""
 
-    def __init__(self, model: Infinity, schedule: Schedule) -> None:
+    weights_L: torch.Tensor
+
+    def __init__(self, model: Infinity, schedule: Schedule, weighting: str = "token") -> None:
         super().__init__()
         self.model, self.schedule = model, schedule
+        self.register_buffer("weights_L", scale_loss_weights(schedule, weighting), persistent=False)
 
     def forward(
         self, inputs_BLD: torch.Tensor, bits_BLD: torch.Tensor, text: PackedText, drop_B: torch.Tensor
@@ -75,7 +105,10 @@ class BitObjective(nn.Module):
         packed = PackedText(torch.cat(feats), text.lens)
         logits = self.model(inputs_BLD, self.model.condition(packed), self.schedule)
         logits = rearrange(logits, "b l (d two) -> b l d two", two=2)
-        loss = F.cross_entropy(logits.flatten(0, 2).float(), bits_BLD.flatten())
+        ce_BLD = F.cross_entropy(
+            rearrange(logits.float(), "b l d two -> b two l d"), bits_BLD, reduction="none"
+        )
+        loss = (ce_BLD.mean(-1) * self.weights_L).sum(-1).mean()
         with torch.no_grad():
             acc = (logits.argmax(-1) == bits_BLD).float().mean()
         return {"loss": loss, "bit_acc": acc}
@@ -117,7 +150,7 @@ def train_transformer(
     if ckpt.is_file():
         start = int(load_checkpoint(ckpt, model=model, optimizer=optimizer)["step"])
     vae = vae.eval().requires_grad_(False).to(accelerator.device)
-    objective, optimizer = accelerator.prepare(BitObjective(model, schedule), optimizer)
+    objective, optimizer = accelerator.prepare(BitObjective(model, schedule, cfg.scale_weighting), optimizer)
     log = JsonlLog(out_dir / "transformer_log.jsonl")
     bar = tqdm(
         range(start, cfg.steps), initial=start, total=cfg.steps, desc="transformer", disable=not progress
