@@ -360,7 +360,7 @@ def test_row_log_keys_and_bad_lines(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"allow_nan|Out of range"):
         log.append({"k": 3, "x": math.nan})
     path.write_text(path.read_text() + "not json\n")
-    with pytest.raises(ValueError, match=r"rows\.jsonl:3: not a JSON row"):
+    with pytest.raises(ValueError, match=r"rows\.jsonl:3: not a row of this log"):
         RowLog(path, settings={"s": 1}, key_fields=("k",))
 
 

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import torch
 
-from scalestyle.bench import git_commit
 from scalestyle.data import procedural as world
 from scalestyle.eval.world import Judges, evaluate_world, summarize
 from scalestyle.method.style import StyleConfig
 from scalestyle.pipeline import Pipeline
+from scalestyle.records import source_commit
 from scalestyle.schedules import get_schedule
 
 model = Path(sys.argv[1])
 seeds = [int(s) for s in sys.argv[2].split(",")]
 pipe = Pipeline.load(model, device="cpu")
 judges = Judges.load(model)
-out = {"commit": git_commit(), "seeds": seeds, "cfg": 3.0, "tau": 0.5}
+out = {"commit": source_commit(), "seeds": seeds, "cfg": 3.0, "tau": 0.5}
 # classifiers on clean eval renders and on VAE reconstructions
 imgs, cs, ss = [], [], []
 for i, s in enumerate(world.STYLES):

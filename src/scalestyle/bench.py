@@ -6,10 +6,8 @@ from __future__ import annotations
 import platform
 import resource
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,6 +16,7 @@ from PIL import Image
 
 from scalestyle import __version__
 from scalestyle.pipeline import Pipeline
+from scalestyle.records import source_commit
 
 if TYPE_CHECKING:
     from scalestyle.method.style import StyleConfig
@@ -31,27 +30,11 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "scalestyle": __version__,
-        "commit": git_commit(),
+        "commit": source_commit(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-def git_commit() -> str:
-    """The commit of the source tree this runs from, or "unknown" outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
 
 
 def _sync(device: torch.device) -> None:

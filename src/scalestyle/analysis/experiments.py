@@ -41,11 +41,12 @@ from scalestyle.analysis.injection import (
 )
 from scalestyle.analysis.pairs import PromptPair
 from scalestyle.analysis.plots import Bars, HLine, Series, bar_plot, image_grid, line_plot
-from scalestyle.analysis.records import Row, RowLog, source_commit
+from scalestyle.analysis.records import RowLog
 from scalestyle.analysis.scorers import Scorer, score_all
 from scalestyle.config import SamplingConfig
 from scalestyle.metadata import write_png
 from scalestyle.pipeline import Pipeline
+from scalestyle.records import Row, source_commit
 from scalestyle.schedules import Schedule
 
 Band = Literal["minmax", "std"]

@@ -27,7 +27,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,8 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from scalestyle.analysis.records import settings_diff
-from scalestyle.bench import git_commit, machine_info
+from scalestyle.bench import machine_info
 from scalestyle.config import SamplingConfig
 from scalestyle.data import procedural as world
 from scalestyle.eval.classifier import WorldClassifier
@@ -52,17 +50,10 @@ from scalestyle.eval.world import Judges
 from scalestyle.metadata import read_png_metadata, write_png
 from scalestyle.metrics import CLIPScorer, DINOScorer, GramStyle, evaluate, pil_to_batch
 from scalestyle.pipeline import Pipeline
+from scalestyle.records import JsonlRows, canonical_json, settings_diff, settings_hash, source_commit
 
 ROWS_FILE = "rows.jsonl"
 KEY_FIELDS = ("method", "content", "style", "seed")
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def sha256_json(value: Any) -> str:
-    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
 def method_config(method: Method, sampling: SamplingConfig, model_name: str) -> dict[str, Any]:
@@ -83,63 +74,17 @@ def method_config(method: Method, sampling: SamplingConfig, model_name: str) -> 
 # -- the row log -------------------------------------------------------------------------------------------
 
 
-class RowLog:
-    """The rows of a run in a JSONL file, one object per line, keyed by :data:`KEY_FIELDS`.
-
-    Opening it drops a last line cut short by a kill (no trailing newline); any other line that is not
-    JSON is an error naming the line. Appends are flushed and fsynced one row at a time.
-    """
+class RowLog(JsonlRows):
+    """The rows of a run (:class:`scalestyle.records.JsonlRows`), keyed by :data:`KEY_FIELDS`."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows: dict[tuple[Any, ...], Row] = {}
-        self.repaired = False
-        if path.exists():
-            self._load()
-
-    @staticmethod
-    def key(row: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(row[f] for f in KEY_FIELDS)
-
-    def _load(self) -> None:
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            # a kill in the middle of a write: the torn row is dropped and its image's row made again
-            cut = data.rfind(b"\n") + 1
-            with self.path.open("r+b") as f:
-                f.truncate(cut)
-                f.flush()
-                os.fsync(f.fileno())
-            data = data[:cut]
-            self.repaired = True
-        for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                key = self.key(row)
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(
-                    f"{self.path}:{number}: not a row of this run ({err}); repair or remove it"
-                ) from err
-            self.rows[key] = row
-
-    def __contains__(self, key: tuple[Any, ...]) -> bool:
-        return key in self.rows
-
-    def append(self, row: Row) -> None:
-        line = json.dumps(row, sort_keys=True, allow_nan=False, ensure_ascii=False) + "\n"
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        self.rows[self.key(row)] = row
+        super().__init__(path, lambda row: tuple(row[f] for f in KEY_FIELDS))
 
     def check_hashes(self, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
         """The config hash of each method in ``configs``; refuses a log whose rows of one of those methods
         were made with other settings (mixing them would make one table of two experiments)."""
-        hashes = {name: sha256_json(c) for name, c in configs.items()}
-        for row in self.rows.values():
+        hashes = {name: settings_hash(c) for name, c in configs.items()}
+        for row in self:
             name = row["method"]
             if name in hashes and row.get("config_hash") != hashes[name]:
                 diff = settings_diff(row.get("config") or {}, configs[name]) or "config hash differs"
@@ -330,15 +275,13 @@ def run_evaluation(
     out.mkdir(parents=True, exist_ok=True)
     log = RowLog(out / ROWS_FILE)
     protocol = cases[0].protocol
-    if any(c.protocol != protocol for c in cases) or any(
-        r.get("protocol") != protocol for r in log.rows.values()
-    ):
-        found = sorted({c.protocol for c in cases} | {str(r.get("protocol")) for r in log.rows.values()})
+    if any(c.protocol != protocol for c in cases) or any(r.get("protocol") != protocol for r in log):
+        found = sorted({c.protocol for c in cases} | {str(r.get("protocol")) for r in log})
         raise ValueError(f"one run folder holds one protocol; {out} would mix {found}")
     configs = {name: method_config(m, sampling, pipe.model_name) for name, m in table.items()}
     hashes = log.check_hashes(configs)
     machine = machine_info(pipe.device)
-    commit = machine.pop("commit", None) or git_commit()
+    commit = machine.pop("commit", None) or source_commit()
     refs = _References()
     jobs = [(case, name) for case in cases for name in table]
     total = len(jobs)
@@ -350,7 +293,7 @@ def run_evaluation(
             continue
         method = table[name]
         path = out / image_relpath(method, case)
-        image_key = sha256_json(
+        image_key = settings_hash(
             {
                 "config_hash": hashes[name],
                 "seed": case.seed,
@@ -423,7 +366,7 @@ def run_evaluation(
         done += 1
         if progress is not None:
             progress(done, total)
-    rows = list(log.rows.values())
+    rows = list(log)
     files = write_reports(
         out,
         rows,

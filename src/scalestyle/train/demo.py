@@ -38,7 +38,7 @@ class DemoTrainConfig:
     # the shipped demo's recipe (see its model card); sized for a 2-core CPU in about an hour
     vae: VAETrainConfig = field(default_factory=lambda: VAETrainConfig(steps=2500, batch_size=16))
     transformer: TransformerTrainConfig = field(
-        default_factory=lambda: TransformerTrainConfig(steps=5000, batch_size=16, scale_weighting="scale")
+        default_factory=lambda: TransformerTrainConfig(steps=6000, batch_size=16, scale_weighting="scale")
     )
     classifiers: ClassifierTrainConfig = field(
         default_factory=lambda: ClassifierTrainConfig(steps=600, batch_size=32, recon_fraction=0.25)
