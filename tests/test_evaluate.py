@@ -374,3 +374,54 @@ def test_cli_finestyle_missing_style_image_names_the_file(
     )
     err = capsys.readouterr().err
     assert code == 2 and str(tmp_path / "style_10.png") in err and err.count("\n") == 1
+
+
+def test_stylear_reads_a_prompt_file_and_a_style_folder(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# StyleAR-style list\na dog\n\na red car  # inline comment\n")
+    assert protocols.read_prompt_file(prompts) == ["a dog", "a red car"]
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    Image.new("RGB", (40, 30), "blue").save(styles / "oil_painting.png")
+    Image.new("RGB", (40, 30), "red").save(styles / "s2.jpg")
+    (styles / "notes.txt").write_text("not an image")
+    (styles / "styles.csv").write_text("style_id,style_descriptor\ns2,glowing neon style\n")
+    cases = protocols.stylear_cases(protocols.read_prompt_file(prompts), styles, seeds=[0, 3])
+    assert [(c.style, c.content, c.seed) for c in cases] == [
+        (s, p, seed) for s in ("oil_painting", "s2") for p in ("p00", "p01") for seed in (0, 3)
+    ]
+    oil, neon = cases[0], cases[-1]
+    assert (oil.prompt, oil.content_prompt, oil.style_prompt) == (
+        "a dog in oil painting style",
+        "a dog",
+        "oil painting style",
+    )
+    assert neon.prompt == "a red car in glowing neon style" and neon.reference().size == (40, 30)
+    picked = protocols.stylear_cases(["a dog", "a cat"], styles, contents=["a cat"], style_ids=["s2"])
+    assert [(c.content, c.content_prompt) for c in picked] == [("p01", "a cat")]
+    with pytest.raises(ValueError, match=r"unknown prompt\(s\) \['p07'\]"):
+        protocols.stylear_cases(["a dog"], styles, contents=["p07"])
+    with pytest.raises(ValueError, match=r"unknown style\(s\) \['nope'\]"):
+        protocols.stylear_cases(["a dog"], styles, style_ids=["nope"])
+    prompts.write_text("a dog\na dog\n")
+    with pytest.raises(ValueError, match="repeated prompt"):
+        protocols.read_prompt_file(prompts)
+
+
+def test_cli_stylear_run(judged_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    world.render("tree", "marble", 5, size=96).image.save(styles / "marble.png")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a star\n")
+    base = ["evaluate", "--model", str(judged_model_dir), "--out", str(tmp_path / "run"), "--quiet"]
+    assert main([*base, "--protocol", "stylear", "--methods", "prompt-only"]) == 2
+    assert "--prompts-file" in capsys.readouterr().err
+    args = ["--protocol", "stylear", "--prompts-file", str(prompts), "--style-images", str(styles)]
+    assert main([*base, *args, "--methods", "prompt-only,d"]) == 0
+    rows = read_rows(tmp_path / "run")
+    assert [(r["protocol"], r["method"], r["prompt"]) for r in rows] == [
+        ("stylear", "prompt-only", "a star in marble style"),
+        ("stylear", "d", "a star in marble style"),
+    ]
+    assert "content_correct" not in rows[0] and rows[1]["ref_file"] == str(styles / "marble.png")

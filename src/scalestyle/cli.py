@@ -270,15 +270,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from scalestyle.train.demo import DemoTrainConfig, train_demo
+    from scalestyle.train.folder import FolderTrainConfig, train_on_folder
 
-    cfg = DemoTrainConfig.quick() if args.quick else DemoTrainConfig()
+    if args.what == "demo":
+        for flag in ("data", "init", "text_encoder"):
+            if getattr(args, flag) is not None:
+                raise CliError(
+                    f"--{flag.replace('_', '-')} is for `train folder`; `train demo` renders its data"
+                )
+        cfg: DemoTrainConfig | FolderTrainConfig = (
+            DemoTrainConfig.quick() if args.quick else DemoTrainConfig()
+        )
+    else:
+        if args.data is None:
+            raise CliError("`train folder` needs --data DIR (images with captions)")
+        if args.classifier_steps is not None:
+            raise CliError("--classifier-steps is for `train demo` (the world's judges)")
+        cfg = FolderTrainConfig(
+            init=args.init,
+            text_encoder=args.text_encoder,
+            uncaptioned="empty" if args.allow_uncaptioned else "error",
+        )
+        if args.quick:
+            cfg = replace(
+                cfg,
+                vae=replace(cfg.vae, steps=2, batch_size=2, log_every=1, ckpt_every=1),
+                transformer=replace(cfg.transformer, steps=2, batch_size=2, log_every=1, ckpt_every=1),
+            )
     if args.preset:
+        if args.init:
+            raise CliError("--preset is for training from scratch; --init brings its own architecture")
         cfg = replace(cfg, preset=args.preset)
-    for part, steps in (
-        ("vae", args.vae_steps),
-        ("transformer", args.transformer_steps),
-        ("classifiers", args.classifier_steps),
-    ):
+    parts = [("vae", args.vae_steps), ("transformer", args.transformer_steps)]
+    if isinstance(cfg, DemoTrainConfig):
+        parts.append(("classifiers", args.classifier_steps))
+    for part, steps in parts:
         if steps is not None:
             cfg = replace(cfg, **{part: replace(getattr(cfg, part), steps=steps)})
     if args.batch_size is not None:
@@ -287,7 +313,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             vae=replace(cfg.vae, batch_size=args.batch_size),
             transformer=replace(cfg.transformer, batch_size=args.batch_size),
         )
-    out = train_demo(Path(args.out), Path(args.work_dir), cfg, progress=not args.quiet)
+    if isinstance(cfg, DemoTrainConfig):
+        out = train_demo(Path(args.out), Path(args.work_dir), cfg, progress=not args.quiet)
+    else:
+        out = train_on_folder(args.data, Path(args.out), Path(args.work_dir), cfg, progress=not args.quiet)
     sys.stderr.write(f"wrote the model folder {out}\n")
     return 0
 
@@ -448,9 +477,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     seeds = protocols.parse_seeds(args.seeds) if args.seeds else (args.seed,)
     contents, styles = protocols.parse_list(args.contents), protocols.parse_list(args.styles)
     if args.protocol == "procedural":
-        if args.style_images:
-            raise CliError("--style-images is for --protocol finestyle (procedural references are rendered)")
+        if args.style_images or args.prompts_file:
+            raise CliError(
+                "--style-images and --prompts-file are for --protocol finestyle/stylear "
+                "(procedural references are rendered)"
+            )
         cases = protocols.procedural_cases(contents, styles, seeds)
+    elif args.protocol == "stylear":
+        if args.prompts_csv or args.styles_csv:
+            raise CliError(
+                "--prompts-csv/--styles-csv are for --protocol finestyle; stylear reads --prompts-file"
+            )
+        if not args.prompts_file:
+            raise CliError("--protocol stylear needs --prompts-file FILE (one prompt per line)")
+        cases = protocols.stylear_cases(
+            protocols.read_prompt_file(args.prompts_file),
+            args.style_images,
+            contents=contents,
+            style_ids=styles,
+            seeds=seeds,
+        )
     else:
         prompts_csv, styles_csv = protocols.finestyle_files(args.prompts_csv, args.styles_csv)
         fs_prompts, fs_styles = protocols.read_finestyle(prompts_csv, styles_csv)
@@ -581,11 +627,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_style_args(bench)
     bench.set_defaults(func=cmd_bench)
 
-    tr = sub.add_parser("train", help="train models (the demo world: `train demo`)")
-    tr.add_argument("what", choices=["demo"], help="what to train")
+    tr = sub.add_parser(
+        "train", help="train models: the demo world (`train demo`) or your images (`train folder`)"
+    )
+    tr.add_argument(
+        "what",
+        choices=["demo", "folder"],
+        help="demo: the bundled demo model; folder: a folder of captioned images",
+    )
     tr.add_argument("--out", required=True, help="model folder to write")
     tr.add_argument("--work-dir", default="runs/demo", help="checkpoints and logs (resumable)")
-    tr.add_argument("--preset", default=None, help="architecture preset (default: demo)")
+    tr.add_argument(
+        "--preset", default=None, help="architecture preset when training from scratch (default: demo)"
+    )
+    tr.add_argument("--data", default=None, help="folder: images with metadata.jsonl or .txt captions")
+    tr.add_argument(
+        "--init", default=None, help="folder: model folder to fine-tune (its VAE and text encoder kept)"
+    )
+    tr.add_argument("--text-encoder", default=None, help="folder, from scratch: T5 hub id or directory")
+    tr.add_argument(
+        "--allow-uncaptioned",
+        action="store_true",
+        help="folder: train images without a caption as unconditional",
+    )
     tr.add_argument("--vae-steps", type=int, default=None)
     tr.add_argument("--transformer-steps", type=int, default=None)
     tr.add_argument("--classifier-steps", type=int, default=None)
@@ -658,8 +722,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_sampling_args(a)
         a.set_defaults(func=cmd_analyze)
 
-    ev = sub.add_parser("evaluate", help="compare methods on a protocol (procedural world, FineStyle)")
-    ev.add_argument("--protocol", required=True, choices=["procedural", "finestyle"])
+    ev = sub.add_parser(
+        "evaluate", help="compare methods on a protocol (procedural world, FineStyle, StyleAR)"
+    )
+    ev.add_argument("--protocol", required=True, choices=["procedural", "finestyle", "stylear"])
     ev.add_argument(
         "--methods",
         default="plain,prompt-only,stylealigned,a,b,c,d",
@@ -671,15 +737,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--contents",
         default=None,
         help="comma-separated; procedural: world contents (default star,heart,house,fish); "
-        "finestyle: content_ids or prompts (default all 190)",
+        "finestyle: content_ids or prompts (default all 190); stylear: p00.. ids or prompts (default all)",
     )
     ev.add_argument(
         "--styles",
         default=None,
         help="comma-separated; procedural: held-out styles (default all 7); "
-        "finestyle: style_ids (default all 10)",
+        "finestyle: style_ids (default all 10); stylear: style image stems (default all)",
     )
-    ev.add_argument("--style-images", default=None, help="finestyle: folder with <style_id>.png per style")
+    ev.add_argument(
+        "--style-images",
+        default=None,
+        help="finestyle: folder with <style_id>.png per style; stylear: folder of style images",
+    )
+    ev.add_argument("--prompts-file", default=None, help="stylear: prompts, one per line")
     ev.add_argument(
         "--prompts-csv", default=None, help="finestyle prompts (default ../shared/benchmarks/finestyle)"
     )

@@ -13,6 +13,14 @@
   method's content prompt is the CSV's content prompt and its style prompt "<style> style". The style
   images were never published: the user supplies a folder with one image per style, named by style id
   (``style_04.png``).
+- ``stylear``: the StyleAR protocol (Wu et al. 2025, "StyleAR: Customizing Multimodal Autoregressive
+  Model for Style-Aligned Text-to-Image Generation", arXiv 2505.19874): 20 text prompts x 10 style
+  reference images, judged by CLIP-T (image-prompt), CLIP-I and DINO (image-reference). Its lists were
+  never published, so the user gives both: a prompt file (one prompt per line; ``#`` starts a comment)
+  and a folder of style images, each style named by its file stem (``watercolor.png`` is style
+  ``watercolor``, prompted in words as "watercolor style"; an optional ``styles.csv`` in that folder with
+  columns ``style_id,style_descriptor`` gives better words). The prompt carries no style: it is the
+  content prompt, and the generation prompt is "<prompt> in <style words> style".
 """
 
 from __future__ import annotations
@@ -28,8 +36,8 @@ from PIL import Image
 from scalestyle.data import procedural as world
 from scalestyle.eval.world import reference_for
 
-ProtocolName = Literal["procedural", "finestyle"]
-PROTOCOLS: tuple[str, ...] = ("procedural", "finestyle")
+ProtocolName = Literal["procedural", "finestyle", "stylear"]
+PROTOCOLS: tuple[str, ...] = ("procedural", "finestyle", "stylear")
 
 # Defaults of the procedural protocol, sized so that all seven methods run in a few CPU minutes on the
 # demo model: four contents of different shape families (polygon, curve, object, thin parts) in every
@@ -303,6 +311,92 @@ def finestyle_cases(
                         p.content_prompt,
                         f"{style_words(s.style_descriptor)} style",
                         ref_file=str(files[s.style_id]),
+                    )
+                )
+    return cases
+
+
+# -- StyleAR -----------------------------------------------------------------------------------------------
+
+STYLEAR_STYLES_CSV = "styles.csv"
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    """Prompts, one per line; blank lines and ``#`` comments are skipped, repeats refused."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--prompts-file {file}: no such file")
+    prompts = []
+    for line in file.read_text(encoding="utf-8").splitlines():
+        text = line.split("#", 1)[0].strip()
+        if text:
+            prompts.append(text)
+    if not prompts:
+        raise ValueError(f"{file}: no prompt in it (one per line)")
+    dup = sorted({p for p in prompts if prompts.count(p) > 1})
+    if dup:
+        raise ValueError(f"{file}: repeated prompt(s) {dup}")
+    return prompts
+
+
+def style_folder(folder: str | Path) -> dict[str, tuple[Path, str]]:
+    """style_id -> (image, style words) of every image in ``folder``, sorted by id."""
+    base = Path(folder)
+    if not base.is_dir():
+        raise FileNotFoundError(f"--style-images {base}: no such folder")
+    images = sorted(p for p in base.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise ValueError(f"--style-images {base}: no images ({', '.join(IMAGE_SUFFIXES)}) in it")
+    stems = [p.stem for p in images]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise ValueError(f"--style-images {base}: several images per style id {dup}")
+    words = {p.stem: " ".join(p.stem.replace("_", " ").replace("-", " ").split()) for p in images}
+    table = base / STYLEAR_STYLES_CSV
+    if table.is_file():
+        for row in _read_csv(table, ("style_id", "style_descriptor")):
+            if row["style_id"] not in words:
+                raise ValueError(f"{table}: style_id {row['style_id']!r} has no image in {base}")
+            words[row["style_id"]] = style_words(row["style_descriptor"])
+    return {p.stem: (p, words[p.stem]) for p in images}
+
+
+def stylear_cases(
+    prompts: Sequence[str],
+    style_images: str | Path | None,
+    *,
+    contents: Sequence[str] | None = None,
+    style_ids: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0,),
+) -> list[Case]:
+    """Prompts x style images x seeds in (style, prompt, seed) order. Prompt ids are ``p00``, ``p01``...
+    in file order; ``contents`` picks prompts by id or exact text, ``style_ids`` styles by file stem."""
+    if style_images is None:
+        raise ValueError("the stylear protocol needs --style-images DIR (one image per style)")
+    styles = style_folder(style_images)
+    width = max(2, len(str(len(prompts) - 1)))
+    ids = {f"p{i:0{width}d}": p for i, p in enumerate(prompts)}
+    by_text = {p: i for i, p in ids.items()}
+    picked = list(ids) if contents is None else list(dict.fromkeys(by_text.get(c, c) for c in contents))
+    unknown = [c for c in picked if c not in ids]
+    if unknown:
+        raise ValueError(f"unknown prompt(s) {unknown}; give ids such as {list(ids)[:3]} or exact prompts")
+    picked_styles = _pick(style_ids, list(styles), "style(s)")
+    cases = []
+    for sid in picked_styles:
+        file, words = styles[sid]
+        for cid in picked:
+            for seed in _check_seeds(seeds):
+                cases.append(
+                    Case(
+                        "stylear",
+                        cid,
+                        sid,
+                        seed,
+                        f"{ids[cid]} in {words} style",
+                        ids[cid],
+                        f"{words} style",
+                        ref_file=str(file),
                     )
                 )
     return cases

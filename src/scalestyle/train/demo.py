@@ -13,7 +13,6 @@ import copy
 import json
 import platform
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,10 +22,10 @@ from scalestyle.config import ModelPreset, TextEncoderConfig, get_preset
 from scalestyle.data import procedural as world
 from scalestyle.eval.classifier import WorldClassifier
 from scalestyle.models.demo_text import build_demo_text_encoder
-from scalestyle.models.text_encoder import PackedText, TextEncoder
+from scalestyle.models.text_encoder import TextEncoder
 from scalestyle.schedules import get_schedule
 from scalestyle.train.classifiers import ClassifierTrainConfig, train_classifiers
-from scalestyle.train.transformer import TransformerTrainConfig, train_transformer
+from scalestyle.train.transformer import CachedText, TransformerTrainConfig, train_transformer
 from scalestyle.train.vae import VAETrainConfig, train_vae
 from scalestyle.weights import save_model_dir
 
@@ -87,21 +86,6 @@ def world_batch(
             (world.caption(content, style), world.content_caption(content), world.style_caption(style))[form]
         )
     return torch.stack(imgs), captions
-
-
-class CachedText:
-    """The demo captions come from a small set: encode each once."""
-
-    def __init__(self, encoder: TextEncoder) -> None:
-        self.encoder, self.cache = encoder, dict[str, PackedText]()
-
-    def __call__(self, captions: Sequence[str]) -> PackedText:
-        missing = sorted({c for c in captions if c not in self.cache})
-        if missing:
-            packed = self.encoder.encode(missing)
-            for i, c in enumerate(missing):
-                self.cache[c] = packed.rows([i])
-        return PackedText.concat([self.cache[c] for c in captions])
 
 
 def train_demo(out_dir: Path, work_dir: Path, cfg: DemoTrainConfig, *, progress: bool = True) -> Path:

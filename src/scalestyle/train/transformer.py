@@ -29,7 +29,7 @@ from tqdm import tqdm
 from scalestyle.config import InfinityConfig
 from scalestyle.models.bsq_vae import BSQVAE
 from scalestyle.models.infinity import Infinity
-from scalestyle.models.text_encoder import PackedText
+from scalestyle.models.text_encoder import PackedText, TextEncoder
 from scalestyle.schedules import Schedule
 from scalestyle.train.common import JsonlLog, load_checkpoint, save_checkpoint, step_generator
 from scalestyle.train.vae import lr_at
@@ -114,6 +114,24 @@ class BitObjective(nn.Module):
         return {"loss": loss, "bit_acc": acc}
 
 
+class CachedText:
+    """Encodes captions for the trainer, each distinct caption once (up to ``limit`` kept; the demo
+    world's captions are a few hundred, a user's folder may hold one per image)."""
+
+    def __init__(self, encoder: TextEncoder, limit: int = 100_000) -> None:
+        self.encoder, self.limit, self.cache = encoder, limit, dict[str, PackedText]()
+
+    def __call__(self, captions: Sequence[str]) -> PackedText:
+        missing = sorted({c for c in captions if c not in self.cache})
+        if missing:
+            packed = self.encoder.encode(missing)
+            rows = {c: packed.rows([i]) for i, c in enumerate(missing)}
+            if len(self.cache) + len(missing) <= self.limit:
+                self.cache |= rows
+            return PackedText.concat([self.cache.get(c) or rows[c] for c in captions])
+        return PackedText.concat([self.cache[c] for c in captions])
+
+
 def encode_batch(vae: BSQVAE, img: torch.Tensor, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs_BLD of scales 1.., bits_BLD of all scales) of images, with the frozen VAE."""
     with torch.no_grad():
@@ -131,14 +149,21 @@ def train_transformer(
     schedule: Schedule,
     out_dir: Path,
     *,
+    init: Callable[[Infinity], None] | None = None,
     progress: bool = True,
 ) -> Infinity:
-    """Train (or resume from ``out_dir/transformer.ckpt``); logs to ``out_dir/transformer_log.jsonl``."""
+    """Train (or resume from ``out_dir/transformer.ckpt``); logs to ``out_dir/transformer_log.jsonl``.
+
+    ``init`` loads starting weights into the freshly built model (fine-tuning); without it the model
+    starts from :meth:`Infinity.init_weights`. A checkpoint, when present, overrides both.
+    """
     from scalestyle.train.common import make_accelerator
 
     accelerator = make_accelerator()
     model = Infinity(model_cfg)
     model.init_weights(torch.Generator().manual_seed(cfg.seed))
+    if init is not None:
+        init(model)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "cfg_uncond" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "cfg_uncond" in n]
     optimizer = torch.optim.AdamW(
