@@ -31,7 +31,7 @@ from scalestyle.analysis import (
     world_labels,
     world_style_pairs,
 )
-from scalestyle.analysis.injection import CrossSwap, CrossSwapController, scales_label
+from scalestyle.analysis.injection import cross_swap, scales_label
 from scalestyle.analysis.plots import Bars, HLine, Series, bar_plot, image_grid, line_plot, nice_ticks
 from scalestyle.analysis.records import RowLog
 from scalestyle.analysis.scorers import classifier_scorer, clip_scorer, score_all
@@ -40,7 +40,7 @@ from scalestyle.cli import main
 from scalestyle.config import SamplingConfig
 from scalestyle.data import procedural as world
 from scalestyle.eval.classifier import WorldClassifier
-from scalestyle.method.rules import RuleController
+from scalestyle.method.rules import From, Rule, RuleController
 from scalestyle.pipeline import Pipeline
 from scalestyle.sampling import ScaleEvent
 
@@ -91,13 +91,13 @@ def test_cross_swap_happens_only_at_scale_s_and_only_in_the_injected_rows(
 ) -> None:
     calls: list[tuple[AttnSite, T, T, T, T | None, T, AttendFn]] = []
 
-    class Recording(CrossSwapController):
+    class Recording(RuleController):
         def __call__(self, site: AttnSite, q: T, k: T, v: T, bias: T | None, attend: AttendFn) -> T:
             o = super().__call__(site, q, k, v, bias, attend)
             calls.append((site, q, k, v, bias, o, attend))
             return o
 
-    monkeypatch.setattr(injection, "CrossSwapController", Recording)
+    monkeypatch.setattr(injection, "RuleController", Recording)
     s = 2
     # B shorter than A: keys are padded to A's length and B's mask must hide the padding; the CFG rows
     # (the learned empty caption cut to each prompt's length) differ too
@@ -207,13 +207,17 @@ def test_qkv_paths_a_and_b_are_plain_and_injections_change_the_image(pipe: Pipel
 
 def test_cross_swap_rule_checks_and_pruning() -> None:
     with pytest.raises(ValueError, match="two different paths"):
-        CrossSwap(frozenset({1}), "a", "a")
+        cross_swap(frozenset({1}), "a", "a")
     with pytest.raises(ValueError, match="scales must be >= 0"):
-        CrossSwap(frozenset({-1}), "a@0", "b")
+        cross_swap(frozenset({-1}), "a@0", "b")
     with pytest.raises(ValueError, match="rewrite path"):
-        CrossSwapController([CrossSwap(frozenset({1, 2}), "x", "b"), CrossSwap(frozenset({2}), "x", "c")])
-    ctrl = CrossSwapController([CrossSwap(frozenset({1}), "x", "b"), CrossSwap(frozenset({4}), "y", "b")])
-    assert ctrl.last_scale_read("b") == 4 and ctrl.last_scale_read("x") is None
+        RuleController([cross_swap(frozenset({1, 2}), "x", "b"), cross_swap(frozenset({2}), "x", "c")])
+    with pytest.raises(ValueError, match="whole from the same paths"):
+        Rule(frozenset({1}), "x", From("x"), (From("b"),), (From("c"),), kind="cross")
+    ctrl = RuleController([cross_swap(frozenset({1}), "x", "b"), cross_swap(frozenset({4}), "y", "b")])
+    # the target reads its own queries; the source is read up to its last swap, "c" never
+    assert ctrl.last_scale_read("b") == 4 and ctrl.last_scale_read("x") == 1
+    assert ctrl.last_scale_read("c") is None
     layout = BatchLayout(("x", "y"), 1)  # "b" pruned
     q, kv = torch.randn(2, 2, 3, 4), torch.randn(2, 2, 5, 4)
     with pytest.raises(ValueError, match="pruned"):

@@ -25,9 +25,8 @@ from scalestyle.analysis.experiments import (
     step_of,
 )
 from scalestyle.analysis.injection import (
-    CrossSwap,
-    CrossSwapController,
     QKVInjection,
+    cross_swap,
     generate_qkv_injection,
     generate_step_injection,
     injected_path,
@@ -49,8 +48,6 @@ __all__ = [
     "PAPER_CONTENT_PAIRS",
     "PAPER_STYLE_PAIRS",
     "AnalysisResult",
-    "CrossSwap",
-    "CrossSwapController",
     "PromptPair",
     "QKVInjection",
     "QKVInjectionConfig",
@@ -58,6 +55,7 @@ __all__ = [
     "StepInjectionConfig",
     "classifier_scorer",
     "clip_scorer",
+    "cross_swap",
     "generate_qkv_injection",
     "generate_step_injection",
     "injected_path",

@@ -38,7 +38,7 @@ from typing import Literal
 
 import torch
 
-from scalestyle.attention import AttendFn, AttentionController, AttnSite
+from scalestyle.attention import AttentionController
 from scalestyle.config import SamplingConfig
 from scalestyle.method.rules import From, Rule, RuleController
 from scalestyle.pipeline import Pipeline
@@ -51,79 +51,30 @@ COMPONENTS: tuple[Component, ...] = ("q", "k", "v")
 MODES: tuple[str, ...] = ("cross", "handoff")
 
 
-@dataclass(frozen=True)
-class CrossSwap:
+def cross_swap(
+    scales: frozenset[int],
+    target: str,
+    source: str,
+    cfg_rows: CfgRows = "share",
+    layers: frozenset[int] | None = None,
+) -> Rule:
     """At ``scales`` (0-based), the ``target`` path's cross-attention reads the ``source`` path's caption:
     the target's image queries attend to the source's caption keys and values under the source's key
     mask. ``cfg_rows``: "share" swaps the unconditional rows alike (target's CFG rows read the source's
     CFG caption), "plain" leaves them alone."""
-
-    scales: frozenset[int]
-    target: str
-    source: str
-    cfg_rows: CfgRows = "share"
-    layers: frozenset[int] | None = None
-
-    def __post_init__(self) -> None:
-        if self.target == self.source:
-            raise ValueError(f"a cross swap needs two different paths, got {self.target!r} twice")
-        if any(s < 0 for s in self.scales):
-            raise ValueError(f"scales must be >= 0, got {sorted(self.scales)}")
-        if self.cfg_rows not in ("share", "plain"):
-            raise ValueError(f"cfg_rows must be 'share' or 'plain', got {self.cfg_rows!r}")
-
-    def applies(self, site: AttnSite) -> bool:
-        return (
-            site.kind == "cross"
-            and site.scale in self.scales
-            and (self.layers is None or site.layer in self.layers)
-            and self.target in site.layout.paths
-        )
-
-
-class CrossSwapController:
-    """Applies :class:`CrossSwap` rules at the control seam; the identity everywhere else."""
-
-    def __init__(self, swaps: Sequence[CrossSwap]) -> None:
-        self.swaps = tuple(swaps)
-        for i, a in enumerate(self.swaps):
-            for b in self.swaps[i + 1 :]:
-                layers_meet = a.layers is None or b.layers is None or bool(a.layers & b.layers)
-                if a.target == b.target and a.scales & b.scales and layers_meet:
-                    raise ValueError(
-                        f"two swaps rewrite path {a.target!r} at scales {sorted(a.scales & b.scales)}"
-                    )
-
-    def last_scale_read(self, path: str) -> int | None:
-        """The last scale at which a swap reads ``path``; after it the path may stop running."""
-        scales = [max(s.scales) for s in self.swaps if s.scales and s.source == path]
-        return max(scales) if scales else None
-
-    def __call__(
-        self,
-        site: AttnSite,
-        q_BHLc: torch.Tensor,
-        k_BHKc: torch.Tensor,
-        v_BHKc: torch.Tensor,
-        bias: torch.Tensor | None,
-        attend: AttendFn,
-    ) -> torch.Tensor:
-        active = [s for s in self.swaps if s.applies(site)]
-        o = attend(q_BHLc, k_BHKc, v_BHKc, bias)
-        for swap in active:
-            if swap.source not in site.layout.paths:
-                raise ValueError(
-                    f"swap into {swap.target!r} at scale {site.scale} reads pruned {swap.source!r}"
-                )
-            halves = (False, True) if site.layout.cfg and swap.cfg_rows == "share" else (False,)
-            for uncond in halves:
-                t, s = (
-                    site.layout.rows(swap.target, uncond=uncond),
-                    site.layout.rows(swap.source, uncond=uncond),
-                )
-                # keys are padded to the batch's longest caption; the source's mask hides its padding
-                o[t] = attend(q_BHLc[t], k_BHKc[s], v_BHKc[s], None if bias is None else bias[s])
-        return o
+    if target == source:
+        raise ValueError(f"a cross swap needs two different paths, got {target!r} twice")
+    return Rule(
+        scales,
+        target,
+        From(target),
+        (From(source),),
+        (From(source),),
+        cfg_rows=cfg_rows,
+        layers=layers,
+        name=f"cross-swap {source}->{target}",
+        kind="cross",
+    )
 
 
 def injected_path(scale: int) -> str:
@@ -245,8 +196,9 @@ def generate_step_injection(
     text = pipe.encode_text([prompt_a, prompt_b])
     text_a, text_b = text.rows([0]), text.rows([1])
     if mode == "cross":
-        swaps = [CrossSwap(frozenset({s}), injected_path(s), "b", cfg_rows) for s in scales]
-        controller = CrossSwapController(swaps)
+        controller = RuleController(
+            [cross_swap(frozenset({s}), injected_path(s), "b", cfg_rows) for s in scales]
+        )
         plans = [PathPlan("a", text_a)] if include_a else []
         if include_b or scales:
             # B is only read up to the last injected scale unless its own image is wanted

@@ -1,11 +1,12 @@
 """Attention rules as data, and the controller that applies them at the control seam.
 
-A :class:`Rule` says, for the self-attention of some scales, where the target path's query, keys and
-values come from: each is built from the rows of named paths by pure q/k/v operations (take a path's
-tensor, blend two by their cosine similarity, AdaIN-normalise one to another's statistics), and keys and
-values may concatenate several sources along the sequence. The training-free style method (Key Stage
-Attention Sharing, Adaptive Query Sharing), StyleAligned-style sharing and the injection analyses are
-each a few rules. Rows pair by position: row i of one path with row i of another.
+A :class:`Rule` says, for the self-attention (or the cross-attention) of some scales, where the target
+path's query, keys and values come from: each is built from the rows of named paths by pure q/k/v
+operations (take a path's tensor, blend two by their cosine similarity, AdaIN-normalise one to another's
+statistics), and keys and values may concatenate several sources along the sequence. The training-free
+style method (Key Stage Attention Sharing, Adaptive Query Sharing), StyleAligned-style sharing and the
+injection analyses (Q/K/V injection; a path's cross-attention reading another path's caption) are each a
+few rules. Rows pair by position: row i of one path with row i of another.
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ def _all_paths(sources: Iterable[Source]) -> set[str]:
 class Rule:
     """Replace the target path's self-attention at ``scales`` (0-based) by attention with the given
     query, keys (concatenated) and values (concatenated). ``cfg_rows``: "share" applies the same rule
-    within the unconditional rows (pairing uncond rows with uncond rows), "plain" leaves them alone."""
+    within the unconditional rows (pairing uncond rows with uncond rows), "plain" leaves them alone.
+
+    ``kind="cross"`` rewrites the cross-attention instead: keys and values are caption tokens padded to
+    the batch's longest caption, so they may only be taken whole from paths (:class:`From`), the same
+    paths for keys and values, each under its own rows' key mask."""
 
     scales: frozenset[int]
     target: str
@@ -81,19 +86,30 @@ class Rule:
     cfg_rows: Literal["share", "plain"] = "share"
     layers: frozenset[int] | None = None
     name: str = field(default="rule", compare=False)
+    kind: Literal["self", "cross"] = "self"
 
     def __post_init__(self) -> None:
         if not self.k or len(self.k) != len(self.v):
             raise ValueError(f"rule {self.name}: keys and values need the same, non-zero number of sources")
         if any(s < 0 for s in self.scales):
             raise ValueError(f"rule {self.name}: scales must be >= 0, got {sorted(self.scales)}")
+        if self.cfg_rows not in ("share", "plain"):
+            raise ValueError(f"rule {self.name}: cfg_rows must be 'share' or 'plain', got {self.cfg_rows!r}")
+        if self.kind not in ("self", "cross"):
+            raise ValueError(f"rule {self.name}: kind must be 'self' or 'cross', got {self.kind!r}")
+        if self.kind == "cross" and (
+            not all(isinstance(x, From) for x in (*self.k, *self.v)) or self.k != self.v
+        ):
+            raise ValueError(
+                f"rule {self.name}: a cross-attention rule takes keys and values whole from the same paths"
+            )
 
     def paths_read(self) -> set[str]:
         return _all_paths((self.q, *self.k, *self.v))
 
     def applies(self, site: AttnSite) -> bool:
         return (
-            site.kind == "self"
+            site.kind == self.kind
             and site.scale in self.scales
             and (self.layers is None or site.layer in self.layers)
             and self.target in site.layout.paths
@@ -161,9 +177,9 @@ class RuleController:
         active = [r for r in self.rules if r.applies(site)]
         if not active:
             return attend(q_BHLc, k_BHKc, v_BHKc, bias)
-        if bias is not None:
+        if site.kind == "self" and bias is not None:
             raise ValueError("attention rules apply to scale-by-scale (cached) generation only")
-        o = attend(q_BHLc, k_BHKc, v_BHKc, None)
+        o = attend(q_BHLc, k_BHKc, v_BHKc, bias)
         for rule in active:
             for uncond in _halves(site.layout, rule):
                 rows = {p: site.layout.rows(p, uncond=uncond) for p in site.layout.paths}
@@ -175,7 +191,9 @@ class RuleController:
                 q = resolve(rule.q, q_BHLc, rows)
                 k = torch.cat([resolve(s, k_BHKc, rows) for s in rule.k], dim=2)
                 v = torch.cat([resolve(s, v_BHKc, rows) for s in rule.v], dim=2)
-                o[rows[rule.target]] = attend(q, k, v, None)
+                # a cross rule's keys are caption tokens: each source keeps its own rows' padding mask
+                mask = None if bias is None else torch.cat([resolve(s, bias, rows) for s in rule.k], dim=-1)
+                o[rows[rule.target]] = attend(q, k, v, mask)
         return o
 
 
