@@ -94,31 +94,24 @@ def _sampling_kwargs(sampling: SamplingConfig) -> dict[str, Any]:
     }
 
 
-def run_plain(
-    pipe: Pipeline,
-    content_prompt: str,
-    style_prompt: str,
-    ref_image: Image.Image | None,
-    seed: int,
-    sampling: SamplingConfig,
-    *,
-    prompt: str | None = None,
-) -> Image.Image:
-    return pipe(content_prompt, seed=seed, **_sampling_kwargs(sampling)).images[0]
+def text_only(with_style: bool) -> MethodFn:
+    """Plain generation: the content prompt alone (``with_style`` False) or the full generation prompt,
+    the style in words only (True); no reference image either way."""
 
+    def run(
+        pipe: Pipeline,
+        content_prompt: str,
+        style_prompt: str,
+        ref_image: Image.Image | None,
+        seed: int,
+        sampling: SamplingConfig,
+        *,
+        prompt: str | None = None,
+    ) -> Image.Image:
+        text = generation_prompt(content_prompt, style_prompt, prompt) if with_style else content_prompt
+        return pipe(text, seed=seed, **_sampling_kwargs(sampling)).images[0]
 
-def run_prompt_only(
-    pipe: Pipeline,
-    content_prompt: str,
-    style_prompt: str,
-    ref_image: Image.Image | None,
-    seed: int,
-    sampling: SamplingConfig,
-    *,
-    prompt: str | None = None,
-) -> Image.Image:
-    text = generation_prompt(content_prompt, style_prompt, prompt)
-    return pipe(text, seed=seed, **_sampling_kwargs(sampling)).images[0]
+    return run
 
 
 def ours(style: StyleConfig) -> MethodFn:
@@ -247,8 +240,10 @@ ABLATIONS = ("a", "b", "c", "d")
 
 def _registry() -> dict[str, Method]:
     table = {
-        "plain": Method("plain", run_plain, {"kind": "plain"}, reads_style=False, uses_reference=False),
-        "prompt-only": Method("prompt-only", run_prompt_only, {"kind": "prompt-only"}, uses_reference=False),
+        "plain": Method(
+            "plain", text_only(False), {"kind": "plain"}, reads_style=False, uses_reference=False
+        ),
+        "prompt-only": Method("prompt-only", text_only(True), {"kind": "prompt-only"}, uses_reference=False),
         "stylealigned": Method(
             "stylealigned",
             stylealigned(),
