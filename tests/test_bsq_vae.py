@@ -186,6 +186,32 @@ def test_inputs_follow_the_inference_loop(tiny: tuple[BSQVAE, torch.Tensor, Mult
     assert torch.allclose(first, first[:, :1].expand_as(first))
 
 
+def test_bitwise_self_correction_requantizes_after_the_flipped_scale(
+    tiny: tuple[BSQVAE, torch.Tensor, MultiScaleEncoding],
+) -> None:
+    vae, img, enc = tiny
+    with torch.no_grad():
+        same = vae.encode_multiscale(img, GRIDS, flip=lambda k, b: b)
+        k = 3
+        flipped = vae.encode_multiscale(img, GRIDS, flip=lambda s, b: 1 - b if s == k else b)
+        z = vae.encode_latent(img)
+    for a, b in zip((*same.bits, *same.inputs), (*enc.bits, *enc.inputs), strict=True):
+        assert torch.equal(a, b)  # flipping nothing is the plain encoding
+    # targets up to the flipped scale are the true bits; the model is shown the flipped ones
+    assert all(torch.equal(a, b) for a, b in zip(flipped.bits[: k + 1], enc.bits[: k + 1], strict=True))
+    assert torch.equal(flipped.inputs[k - 1], enc.inputs[k - 1]) and not torch.equal(
+        flipped.inputs[k], enc.inputs[k]
+    )
+    # later targets differ: they correct the error, so the flipped tokens plus the corrections land much
+    # closer to the latent than the same flips left uncorrected
+    assert not torch.equal(flipped.bits[k + 1], enc.bits[k + 1])
+    uncorrected = enc.summed_codes_BdHW - 2 * upsample_codes(
+        bits_to_codes(enc.bits[k], patchify=False), (16, 16)
+    )
+    err_corrected = (flipped.summed_codes_BdHW - z).norm()
+    assert err_corrected < 0.8 * (uncorrected - z).norm()
+
+
 def test_bits_to_codes_values() -> None:
     bits = torch.randint(0, 2, (2, 3, 5, 8))
     codes = bits_to_codes(bits, patchify=False)

@@ -119,5 +119,7 @@ def test_cli_train_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     base = ["train", "folder", "--out", str(tmp_path / "m"), "--work-dir", str(tmp_path / "w"), "--quiet"]
     assert main(base) == 2 and "--data" in capsys.readouterr().err
     assert main(["train", "demo", "--out", str(tmp_path / "m"), "--data", str(data)]) == 2
-    assert main([*base, "--data", str(data), "--quick", "--preset", "tiny"]) == 0
+    assert main([*base, "--data", str(data), "--quick", "--bsc-strength", "0.9"]) == 2
+    assert "bsc_strength must be in [0, 0.5]" in capsys.readouterr().err
+    assert main([*base, "--data", str(data), "--quick", "--preset", "tiny", "--bsc-strength", "0.3"]) == 0
     assert (tmp_path / "m" / "config.json").is_file()

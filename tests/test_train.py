@@ -13,6 +13,7 @@ from scalestyle.schedules import get_schedule
 from scalestyle.train.demo import world_batch, world_vocabulary
 from scalestyle.train.transformer import (
     BitObjective,
+    BitwiseSelfCorrection,
     TransformerTrainConfig,
     encode_batch,
     scale_loss_weights,
@@ -92,6 +93,37 @@ def test_token_weighting_is_the_plain_mean_and_scale_weighting_differs() -> None
         scale = BitObjective(model, SCHEDULE, "scale")(inputs, bits, text, drop)["loss"]
     torch.testing.assert_close(token, plain, atol=1e-6, rtol=1e-5)
     assert abs(float(scale - token)) > 1e-4
+
+
+def test_bitwise_self_correction_flips_at_the_drawn_rates_and_only_early_scales() -> None:
+    bsc = BitwiseSelfCorrection.draw(64, 0.3, 2, torch.Generator().manual_seed(0))
+    rates = bsc.rate_B
+    assert rates.min() >= 0 and rates.max() <= 0.3 and torch.allclose(rates * 100, (rates * 100).round())
+    bits = torch.randint(0, 2, (64, 8, 8, 16))
+    out = bsc(1, bits)
+    changed = (out != bits).float().mean(dim=(1, 2, 3))
+    assert torch.allclose(changed, rates, atol=0.09) and set(out.unique().tolist()) <= {0, 1}
+    assert torch.equal(bsc(2, bits), bits)  # scales >= bsc_scales are never flipped
+    again = BitwiseSelfCorrection.draw(64, 0.3, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(again(1, bits), out)  # the same generator flips the same bits
+    with pytest.raises(ValueError, match="bsc_strength"):
+        TransformerTrainConfig(bsc_strength=0.7)
+
+
+def test_transformer_trains_with_bitwise_self_correction(tmp_path: Path) -> None:
+    cfg = TransformerTrainConfig(steps=2, batch_size=2, log_every=1, ckpt_every=2, bsc_strength=0.3)
+    text = RandomTextEncoder(PRESET.transformer.text_channels, 32)
+    train_transformer(
+        PRESET.transformer,
+        cfg,
+        tiny_vae(),
+        text.encode,
+        lambda s, b, g: world_batch(s, b, g, (0.6, 0.2, 0.2)),
+        SCHEDULE,
+        tmp_path,
+        progress=False,
+    )
+    assert (tmp_path / "transformer.ckpt").is_file()
 
 
 class Interrupt(Exception):

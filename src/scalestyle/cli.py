@@ -307,6 +307,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     for part, steps in parts:
         if steps is not None:
             cfg = replace(cfg, **{part: replace(getattr(cfg, part), steps=steps)})
+    if args.bsc_strength is not None:
+        cfg = replace(cfg, transformer=replace(cfg.transformer, bsc_strength=args.bsc_strength))
     if args.batch_size is not None:
         cfg = replace(
             cfg,
@@ -654,6 +656,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--transformer-steps", type=int, default=None)
     tr.add_argument("--classifier-steps", type=int, default=None)
     tr.add_argument("--batch-size", type=int, default=None)
+    tr.add_argument(
+        "--bsc-strength",
+        type=float,
+        default=None,
+        help="Bitwise Self-Correction: flip up to this fraction of the bits of earlier scales (upstream 0.3)",
+    )
     tr.add_argument("--quick", action="store_true", help="a few steps of each part (smoke test)")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_train)

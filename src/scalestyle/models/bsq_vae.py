@@ -24,7 +24,7 @@ bits are the 2x2 ``pixel_unshuffle`` of the latent: bit j is channel ``j // 4`` 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -353,6 +353,10 @@ class BSQ(nn.Module):
         return rearrange(q_BLd, "b (h w) d -> b d h w", h=H), bits_BHWd
 
 
+BitFlip = Callable[[int, torch.Tensor], torch.Tensor]
+"""(scale index, bits_BhwD at VAE resolution) -> the same bits with some flipped."""
+
+
 class MultiScaleBSQ(nn.Module):
     """Residual quantization over a schedule of grids (upstream ``MultiScaleBSQ.forward``, spec §2.3)."""
 
@@ -369,22 +373,44 @@ class MultiScaleBSQ(nn.Module):
         upsample the quantized tokens back to full size, subtract them from the residual (detached, so the
         straight-through gradient reaches z only through q_sum) and add them to q_sum.
         """
+        bits, _, q_sum_BdHW = self.requantize(z_BdHW, grids_hw, None)
+        return bits, q_sum_BdHW
+
+    def requantize(
+        self, z_BdHW: torch.Tensor, grids_hw: Sequence[tuple[int, int]], flip: BitFlip | None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """(target bits, seen bits, q_sum) per scale; without ``flip`` the two bit lists are the same.
+
+        Bitwise Self-Correction (Infinity, Han et al. 2025, upstream ``BitwiseSelfCorrection.flip_requant``):
+        ``flip(k, bits)`` returns scale k's bits with some flipped, as a model's errors would be; the flipped
+        ("seen") tokens are what the later scales' residual is taken against, so the later targets correct
+        the error, while scale k's own target stays its true bits.
+        """
         z_BdHW = z_BdHW.float()  # upstream quantizes in fp32 with autocast off
         size_hw = (z_BdHW.shape[-2], z_BdHW.shape[-1])
         residual_BdHW = z_BdHW.contiguous()
         q_sum_BdHW: torch.Tensor | None = None
         bits: list[torch.Tensor] = []
-        for hw in grids_hw:
+        seen: list[torch.Tensor] = []
+        for k, hw in enumerate(grids_hw):
             full = tuple(hw) == size_hw
             r_Bdhw = residual_BdHW if full else _resize(residual_BdHW, hw, "area")
             q_Bdhw, bits_BhwD = self.lfq(r_Bdhw)
             bits.append(bits_BhwD)
+            if flip is not None:
+                seen_BhwD = flip(k, bits_BhwD)
+                # a flipped bit is the opposite sign of the same code coordinate
+                flipped_Bdhw = rearrange(seen_BhwD != bits_BhwD, "b h w d -> b d h w")
+                q_Bdhw = torch.where(flipped_Bdhw, -q_Bdhw, q_Bdhw)
+                seen.append(seen_BhwD)
+            else:
+                seen.append(bits_BhwD)
             q_BdHW = q_Bdhw if full else upsample_codes(q_Bdhw, size_hw).contiguous()
             residual_BdHW = residual_BdHW - q_BdHW.detach()
             q_sum_BdHW = q_BdHW if q_sum_BdHW is None else q_sum_BdHW + q_BdHW
         if q_sum_BdHW is None:
             raise ValueError("need at least one grid")
-        return bits, q_sum_BdHW
+        return bits, seen, q_sum_BdHW
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -443,14 +469,16 @@ class BSQVAE(nn.Module):
         return self.decode(sum_codes(bits, self.cfg.spatial_patchify))
 
     def encode_multiscale(
-        self, img_B3PP: torch.Tensor, grids: Sequence[tuple[int, int]]
+        self, img_B3PP: torch.Tensor, grids: Sequence[tuple[int, int]], *, flip: BitFlip | None = None
     ) -> MultiScaleEncoding:
         """Bits, transformer inputs and summed codes of images over the token grids ``grids`` (spec §2.3).
 
         ``grids`` are the transformer's (``Schedule.grids``); the last must be the latent size divided by 2
         with patchify, or equal to it without. Inputs and summed codes are derived from the bits with the same
         functions as the inference loop, so teacher forcing sees exactly what sampling those bits would give
-        (they differ from the quantizer's own sum by at most an ulp per scale).
+        (they differ from the quantizer's own sum by at most an ulp per scale). With ``flip`` (Bitwise
+        Self-Correction, :meth:`MultiScaleBSQ.requantize`; bits at VAE resolution) the inputs and summed
+        codes come from the flipped bits and ``bits`` are the corrected targets.
         """
         if not grids:
             raise ValueError("grids must list at least one (h, w)")
@@ -465,14 +493,21 @@ class BSQVAE(nn.Module):
                 f"last grid {grids_hw[-1]} (x{factor} = {last_hw}) must equal the latent size {latent_hw} "
                 f"of a {tuple(img_B3PP.shape[-2:])} image"
             )
-        vae_bits, _ = self.quantizer(z_BdHW, [(h * factor, w * factor) for h, w in grids_hw])
-        if patchify:
-            bits = [rearrange(b, "b (h i) (w j) d -> b h w (d i j)", i=2, j=2).contiguous() for b in vae_bits]
-        else:
-            bits = vae_bits
+        vae_bits, vae_seen, _ = self.quantizer.requantize(
+            z_BdHW, [(h * factor, w * factor) for h, w in grids_hw], flip
+        )
+
+        def tokens(per_scale: list[torch.Tensor]) -> list[torch.Tensor]:
+            if not patchify:
+                return per_scale
+            unshuffle = "b (h i) (w j) d -> b h w (d i j)"
+            return [rearrange(b, unshuffle, i=2, j=2).contiguous() for b in per_scale]
+
+        bits = tokens(vae_bits)
+        seen = bits if flip is None else tokens(vae_seen)
         inputs: list[torch.Tensor] = []
         summed_BdHW: torch.Tensor | None = None
-        for k, bits_BhwD in enumerate(bits):
+        for k, bits_BhwD in enumerate(seen):
             codes = bits_to_codes(bits_BhwD, patchify)
             if k < len(bits) - 1:
                 codes = upsample_codes(codes, latent_hw)

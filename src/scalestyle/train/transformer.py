@@ -11,6 +11,12 @@ caption's length) with probability ``cond_drop`` so that classifier-free guidanc
 ``"scale"`` gives every scale the same total weight (VAR's ``loss_eq_weight`` with ``eq_loss=2``). The coarse
 scales decide what the image shows, and only the caption tells the model which object to draw there, so the
 demo uses ``"scale"``.
+
+``bsc_strength`` > 0 turns on Bitwise Self-Correction (Infinity, Han et al. 2025, upstream
+``bitwise_self_correction.py``, ``--noise_apply_strength``): each image draws a flip rate uniformly from
+[0, strength] (in steps of 0.01, as upstream), bits of the first ``bsc_scales`` scales are flipped at that
+rate, and the later scales are re-quantized against the flipped tokens, so the model learns to correct
+its own mistakes instead of compounding them at inference.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ class TransformerTrainConfig:
     grad_clip: float = 2.0
     cond_drop: float = 0.1
     scale_weighting: str = "token"
+    bsc_strength: float = 0.0
+    bsc_scales: int | None = None
     seed: int = 0
     log_every: int = 25
     ckpt_every: int = 250
@@ -63,6 +71,10 @@ class TransformerTrainConfig:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
+        if not 0 <= self.bsc_strength <= 0.5:
+            raise ValueError(f"bsc_strength must be in [0, 0.5] (0 disables it), got {self.bsc_strength}")
+        if self.bsc_scales is not None and self.bsc_scales < 1:
+            raise ValueError(f"bsc_scales must be >= 1 or None (every scale), got {self.bsc_scales}")
         if self.scale_weighting not in SCALE_WEIGHTINGS:
             raise ValueError(
                 f"scale_weighting must be one of {SCALE_WEIGHTINGS}, got {self.scale_weighting!r}"
@@ -132,10 +144,38 @@ class CachedText:
         return PackedText.concat([self.cache[c] for c in captions])
 
 
-def encode_batch(vae: BSQVAE, img: torch.Tensor, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
+class BitwiseSelfCorrection:
+    """The bit flips of one batch: a :data:`scalestyle.models.bsq_vae.BitFlip` for ``encode_multiscale``.
+
+    Row b flips each bit of scales ``< scales`` with probability ``rate_B[b]``, drawn from ``generator`` so
+    that a resumed run flips the same bits.
+    """
+
+    def __init__(self, rate_B: torch.Tensor, scales: int | None, generator: torch.Generator) -> None:
+        self.rate_B, self.scales, self.generator = rate_B, scales, generator
+
+    @classmethod
+    def draw(
+        cls, batch: int, strength: float, scales: int | None, generator: torch.Generator
+    ) -> BitwiseSelfCorrection:
+        steps = round(strength * 100)
+        rate_B = torch.randint(0, steps + 1, (batch,), generator=generator).float() / 100
+        return cls(rate_B, scales, generator)
+
+    def __call__(self, scale: int, bits_BhwD: torch.Tensor) -> torch.Tensor:
+        if self.scales is not None and scale >= self.scales:
+            return bits_BhwD
+        u = torch.rand(bits_BhwD.shape, generator=self.generator).to(bits_BhwD.device)
+        flip = u < self.rate_B.to(bits_BhwD.device).view(-1, 1, 1, 1)
+        return torch.where(flip, 1 - bits_BhwD, bits_BhwD)
+
+
+def encode_batch(
+    vae: BSQVAE, img: torch.Tensor, schedule: Schedule, flip: BitwiseSelfCorrection | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs_BLD of scales 1.., bits_BLD of all scales) of images, with the frozen VAE."""
     with torch.no_grad():
-        enc = vae.encode_multiscale(img, schedule.grids)
+        enc = vae.encode_multiscale(img, schedule.grids, flip=flip)
     bits = torch.cat([rearrange(b, "b h w d -> b (h w) d") for b in enc.bits], dim=1)
     return torch.cat(enc.inputs, dim=1), bits
 
@@ -184,7 +224,10 @@ def train_transformer(
         g = step_generator(cfg.seed, step)
         img, captions = batches(step, cfg.batch_size, g)
         drop = torch.rand(len(captions), generator=g) < cfg.cond_drop
-        inputs, bits = encode_batch(vae, img.to(accelerator.device), schedule)
+        flip = None
+        if cfg.bsc_strength > 0:
+            flip = BitwiseSelfCorrection.draw(len(captions), cfg.bsc_strength, cfg.bsc_scales, g)
+        inputs, bits = encode_batch(vae, img.to(accelerator.device), schedule, flip)
         text = text_fn(captions).to(accelerator.device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.lr, cfg.warmup, cfg.steps)
