@@ -6,6 +6,9 @@ import time
 
 import torch
 
+from scalestyle.data import procedural as world
+from scalestyle.eval.world import Judges
+from scalestyle.images import preprocess
 from scalestyle.pipeline import Pipeline, bundled_demo_dir
 from scalestyle.weights import read_model_config
 
@@ -36,10 +39,6 @@ def test_demo_loads_and_generates_in_seconds() -> None:
 def test_demo_draws_the_asked_content_well_above_chance() -> None:
     """A guard against shipping a model that ignores its captions: 16 contents in one training style,
     judged by the shipped content classifier (chance 1/16; the model card measures 58% over 336)."""
-    from scalestyle.data import procedural as world
-    from scalestyle.eval.world import Judges
-    from scalestyle.images import preprocess
-
     pipe = Pipeline.load(None, device="cpu")
     captions = [world.caption(c, "neon") for c in world.CONTENTS]
     images = pipe(captions, seed=0).images

@@ -410,8 +410,9 @@ def run_step_injection(
         describe=describe,
         progress=progress,
     )
-    files = write_step_injection_figures(out, log.rows, config, schedule)
-    return AnalysisResult(list(log.rows), computed, skipped, files)
+    rows = log.rows
+    files = write_step_injection_figures(out, rows, config, schedule)
+    return AnalysisResult(rows, computed, skipped, files)
 
 
 def write_step_injection_figures(
@@ -540,8 +541,9 @@ def run_qkv_injection(
         describe=describe,
         progress=progress,
     )
-    files = write_qkv_figures(out, log.rows, config)
-    return AnalysisResult(list(log.rows), computed, skipped, files)
+    rows = log.rows
+    files = write_qkv_figures(out, rows, config)
+    return AnalysisResult(rows, computed, skipped, files)
 
 
 def write_qkv_figures(out_dir: Path, rows: Sequence[Row], config: QKVInjectionConfig) -> dict[str, Path]:

@@ -17,7 +17,6 @@ result is a model folder that every command loads with ``--model``.
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +26,7 @@ from typing import Literal
 import torch
 
 from scalestyle.config import ModelPreset, TextEncoderConfig, get_preset
-from scalestyle.data.folder import ImageFolder, scan_folder
+from scalestyle.data.folder import ImageFolder
 from scalestyle.models.bsq_vae import BSQVAE
 from scalestyle.models.demo_text import build_demo_text_encoder
 from scalestyle.models.infinity import Infinity
@@ -85,11 +84,16 @@ def train_on_folder(
     """Train every stage that ``cfg`` asks for and write the model folder ``out_dir``; returns it."""
     start = time.perf_counter()
     work, out = Path(work_dir), Path(out_dir)
-    items = scan_folder(data_dir, uncaptioned=cfg.uncaptioned)  # fails fast, before any training
+    files = resolve_model_files(cfg.init) if cfg.init is not None else None
+    base = files.preset if files is not None else get_preset(cfg.preset)
+    schedule = get_schedule(1.0, cfg.pn or base.default_pn)
+    h, w = schedule.last_grid
+    size = (h * base.vae.stride, w * base.vae.stride)
+    # read (and checked) before any weights load or any training starts
+    data = ImageFolder(data_dir, size, seed=cfg.transformer.seed, uncaptioned=cfg.uncaptioned)
     work.mkdir(parents=True, exist_ok=True)
-    if cfg.init is not None:
-        files = resolve_model_files(cfg.init)
-        base, text_src = files.preset, files.text_encoder
+    if files is not None:
+        text_src = files.text_encoder
         given = BSQVAE(base.vae)
         load_vae_weights(given, read_state_dict(files.vae), source=str(files.vae))
         vae: BSQVAE | None = given
@@ -100,13 +104,13 @@ def train_on_folder(
 
         init_fn = init
     else:
-        base, vae, init_fn = get_preset(cfg.preset), None, None
+        vae, init_fn = None, None
         if cfg.text_encoder is not None:
             text_src = cfg.text_encoder
         elif base.transformer.text_channels <= _DEMO_TEXT_MAX_CHANNELS:
             text_src = str(
                 build_demo_text_encoder(
-                    caption_words([i.caption for i in items]),
+                    caption_words([i.caption for i in data.items]),
                     work / "text_encoder",
                     d_model=base.transformer.text_channels,
                     max_length=base.transformer.text_maxlen,
@@ -117,11 +121,6 @@ def train_on_folder(
                 f"preset {base.name!r} reads {base.transformer.text_channels}-channel T5 features: pass "
                 "--text-encoder (e.g. google/flan-t5-xl or its local folder)"
             )
-    schedule = get_schedule(1.0, cfg.pn or base.default_pn)
-    h, w = schedule.last_grid
-    size = (h * base.vae.stride, w * base.vae.stride)
-    data = ImageFolder(data_dir, size, seed=cfg.transformer.seed, uncaptioned=cfg.uncaptioned)
-
     t0 = time.perf_counter()
     if vae is None:
         vae = train_vae(
@@ -144,7 +143,7 @@ def train_on_folder(
     t_transformer = time.perf_counter() - t0
 
     text_dir = Path(text_src)
-    local_text = not text_src.startswith("bundled:") and text_src and text_dir.is_dir()
+    local_text = not text_src.startswith("bundled:") and text_dir.is_dir()
     if local_text:
         dest = out / "text_encoder"
         if dest.resolve() != text_dir.resolve():
@@ -156,7 +155,7 @@ def train_on_folder(
         "trained_by": "scalestyle train folder",
         "data": str(Path(data_dir).resolve()),
         "images": len(data),
-        "config": json.loads(json.dumps(asdict(cfg))),
+        "config": asdict(cfg),
         "seconds": {
             "vae": round(t_vae, 1),
             "transformer": round(t_transformer, 1),

@@ -135,13 +135,13 @@ class CachedText:
 
     def __call__(self, captions: Sequence[str]) -> PackedText:
         missing = sorted({c for c in captions if c not in self.cache})
+        fresh: dict[str, PackedText] = {}
         if missing:
             packed = self.encoder.encode(missing)
-            rows = {c: packed.rows([i]) for i, c in enumerate(missing)}
-            if len(self.cache) + len(missing) <= self.limit:
-                self.cache |= rows
-            return PackedText.concat([self.cache.get(c) or rows[c] for c in captions])
-        return PackedText.concat([self.cache[c] for c in captions])
+            fresh = {c: packed.rows([i]) for i, c in enumerate(missing)}
+            if len(self.cache) + len(fresh) <= self.limit:
+                self.cache |= fresh
+        return PackedText.concat([self.cache[c] if c in self.cache else fresh[c] for c in captions])
 
 
 class BitwiseSelfCorrection:
