@@ -9,6 +9,7 @@ from scalestyle.config import get_preset
 from scalestyle.data import procedural as world
 from scalestyle.models.infinity import Infinity
 from scalestyle.models.random_text import RandomTextEncoder
+from scalestyle.models.text_encoder import PackedText
 from scalestyle.schedules import get_schedule
 from scalestyle.train.demo import world_batch, world_vocabulary
 from scalestyle.train.transformer import (
@@ -93,6 +94,40 @@ def test_token_weighting_is_the_plain_mean_and_scale_weighting_differs() -> None
         scale = BitObjective(model, SCHEDULE, "scale")(inputs, bits, text, drop)["loss"]
     torch.testing.assert_close(token, plain, atol=1e-6, rtol=1e-5)
     assert abs(float(scale - token)) > 1e-4
+
+
+def test_prefix_rows_average_each_scale_over_the_rows_that_trained_it() -> None:
+    model = Infinity(PRESET.transformer)
+    model.init_weights(torch.Generator().manual_seed(0))
+    img, captions = world_batch(0, 4, torch.Generator().manual_seed(0), (0.6, 0.2, 0.2))
+    inputs, bits = encode_batch(tiny_vae(), img, SCHEDULE)
+    text = RandomTextEncoder(PRESET.transformer.text_channels, 32).encode(captions)
+    drop = torch.tensor([False, True, False, False])
+    objective = BitObjective(model, SCHEDULE, "scale", prefix_scales=3)
+    with torch.no_grad():
+        got = objective(inputs, bits, text, drop, full_rows=1)["loss"]
+        # block-causal: the short forward's logits are the long forward's first scales, so one long
+        # forward over every row gives the per-token losses to average by hand
+        cond = model.condition(
+            PackedText.concat([text.rows([0]), model.uncond_text((text.lens[1],)), text.rows([2, 3])])
+        )
+        logits = model(inputs, cond, SCHEDULE).reshape(4, SCHEDULE.total_tokens, -1, 2)
+        ce_BL = torch.nn.functional.cross_entropy(logits.permute(0, 3, 1, 2), bits, reduction="none").mean(-1)
+    weights, n_short = scale_loss_weights(SCHEDULE, "scale"), sum(SCHEDULE.tokens_per_scale[:3])
+    rows = torch.tensor([4.0] * n_short + [1.0] * (SCHEDULE.total_tokens - n_short))
+    want = (ce_BL[0] * weights / rows).sum() + (ce_BL[1:, :n_short] * (weights / rows)[:n_short]).sum()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # every row full: the plain weighted mean, whatever prefix_scales says
+        assert torch.allclose(
+            objective(inputs, bits, text, drop, full_rows=4)["loss"],
+            BitObjective(model, SCHEDULE, "scale")(inputs, bits, text, drop)["loss"],
+        )
+    with pytest.raises(ValueError, match="prefix_scales"):
+        BitObjective(model, SCHEDULE, prefix_scales=SCHEDULE.num_scales)
+    with pytest.raises(ValueError, match="full_rows"):
+        TransformerTrainConfig(batch_size=8, prefix_scales=4, full_rows=9)
+    with pytest.raises(ValueError, match="go together"):
+        TransformerTrainConfig(prefix_scales=4)
 
 
 def test_bitwise_self_correction_flips_at_the_drawn_rates_and_only_early_scales() -> None:
