@@ -269,8 +269,8 @@ def test_step_injection_rows_images_and_figures(
     assert [(r["variant"], r["scale"], r["step"]) for r in rows] == [
         ("a", None, None),
         ("b", None, None),
-        ("inject", 1, 2),
-        ("inject", 3, 4),
+        ("inject", 1, 1),  # convention B (default): step s is scale s
+        ("inject", 3, 3),
     ]
     for r in rows:
         assert (tmp_path / r["image"]).is_file()
@@ -343,10 +343,10 @@ def test_qkv_experiment_rows_grid_and_bars(
     assert got == [
         ("a", None, None),
         ("b", None, None),
-        ("q", [1, 2], "2-3"),
-        ("v", [1, 2], "2-3"),
-        ("q", [4], "5"),
-        ("v", [4], "5"),
+        ("q", [1, 2], "1-2"),
+        ("v", [1, 2], "1-2"),
+        ("q", [4], "4"),
+        ("v", [4], "4"),
     ]
     assert res.files["grid"].is_file() and res.files["bars_fake"].is_file()
     assert run_qkv_injection(pipe, [PAIR], [0], tmp_path, config=cfg).computed == 0
@@ -487,7 +487,7 @@ def test_cli_analyze_step_and_qkv(
     )
     rows = jsonl(out / "rows.jsonl")
     assert [(r["variant"], r["step"]) for r in rows] == [("a", None), ("b", None), ("inject", 3)]
-    assert rows[2]["scale"] == 2 and (out / "grid.png").is_file()
+    assert rows[2]["scale"] == 3 and (out / "grid.png").is_file()  # convention B: step s is scale s
     out = tmp_path / "qkv"
     argv = [
         "analyze",
@@ -495,22 +495,22 @@ def test_cli_analyze_step_and_qkv(
         *pair,
         "--steps",
         "1-2",
-        "7",
+        "6",
         "--components",
         "k",
         "--out-dir",
         str(out),
     ]
     assert main([*argv, *base]) == 0
-    assert [(r["variant"], r["scales"]) for r in jsonl(out / "rows.jsonl")][2:] == [("k", [0, 1]), ("k", [6])]
+    assert [(r["variant"], r["scales"]) for r in jsonl(out / "rows.jsonl")][2:] == [("k", [1, 2]), ("k", [6])]
     capsys.readouterr()
     assert main(["analyze", "step-injection", "--prompt", A, "--out-dir", str(out), *base]) == 2
     assert "--alt-prompt" in capsys.readouterr().err
     assert (
-        main(["analyze", "step-injection", *pair, "--steps", "8", "--out-dir", str(tmp_path / "x"), *base])
+        main(["analyze", "step-injection", *pair, "--steps", "7", "--out-dir", str(tmp_path / "x"), *base])
         == 2
     )
-    assert "step 8 outside [1, 7]" in capsys.readouterr().err
+    assert "step 7 outside [0, 6]" in capsys.readouterr().err
     argv = ["analyze", "qkv-injection", *pair, "--batch", "0", "--out-dir", str(tmp_path / "x")]
     assert main([*argv, *base]) == 2
     assert "batch must be >= 1" in capsys.readouterr().err

@@ -121,5 +121,12 @@ def test_cli_train_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["train", "demo", "--out", str(tmp_path / "m"), "--data", str(data)]) == 2
     assert main([*base, "--data", str(data), "--quick", "--bsc-strength", "0.9"]) == 2
     assert "bsc_strength must be in [0, 0.5]" in capsys.readouterr().err
-    assert main([*base, "--data", str(data), "--quick", "--preset", "tiny", "--bsc-strength", "0.3"]) == 0
+    assert main([*base, "--data", str(data), "--quick", "--prefix-scales", "2"]) == 2
+    assert "go together" in capsys.readouterr().err
+    # quick runs 2 images a step: one on every scale, one on the first 2 only
+    coarse = ["--prefix-scales", "2", "--full-rows", "1"]
+    assert (
+        main([*base, "--data", str(data), "--quick", "--preset", "tiny", "--bsc-strength", "0.3", *coarse])
+        == 0
+    )
     assert (tmp_path / "m" / "config.json").is_file()

@@ -126,10 +126,14 @@ def test_ablation_flags_select_exactly_their_rules() -> None:
     names = {a: [r.name for r in StyleConfig.ablation(a).rules(s)] for a in "abcd"}
     assert names == {"a": [], "b": [], "c": ["ksas"], "d": ["ksas", "aqs"]}
     inits = {a: StyleConfig.ablation(a).num_init_scales(s) for a in "abcd"}
-    assert inits == {"a": 0, "b": 1, "c": 1, "d": 1}
-    assert StyleConfig(convention="B").num_init_scales(s) == 2
-    assert StyleConfig().key_scales(s) == {1, 2} and StyleConfig().fine_scales(s) == {3, 4, 5, 6}
-    assert StyleConfig(convention="B").key_scales(s) == {2, 3}
+    assert inits == {"a": 0, "b": 2, "c": 2, "d": 2}
+    a = StyleConfig(convention="A")
+    assert a.num_init_scales(s) == 1 and a.key_scales(s) == {1, 2} and a.fine_scales(s) == {3, 4, 5, 6}
+    # the default B: the paper's fine steps 4..7, cut to the demo's 7 scales; all of them at 1024²
+    assert StyleConfig().key_scales(s) == {2, 3} and StyleConfig().fine_scales(s) == {4, 5, 6}
+    assert StyleConfig().fine_scales(get_schedule(1.0, "1M")) == {4, 5, 6, 7}
+    with pytest.raises(ValueError, match="fine_steps"):  # an explicit stage must fit the schedule
+        StyleConfig(fine_steps=(4, 5, 6, 7)).fine_scales(s)
 
 
 def test_feature_init_gives_the_generation_path_the_reference_bits(
@@ -148,9 +152,9 @@ def test_pruning_is_bit_identical_and_drops_paths(style_pipe: StylePipeline, ref
     pruned = run(style_pipe, reference, StyleConfig(), seed=2, on_scale=events.append)
     unpruned = run(style_pipe, reference, StyleConfig(prune=False), seed=2)
     assert torch.equal(pruned, unpruned)
-    # style is read up to the last key scale (2), content up to the last fine scale (6 = last): A convention
-    assert [e.layout.paths for e in events[:3]] == [("con", "sty", "gen")] * 3
-    assert events[3].layout.paths == ("con", "gen")
+    # style is read up to the last key scale (3), content up to the last fine scale (6 = last)
+    assert [e.layout.paths for e in events[:4]] == [("con", "sty", "gen")] * 4
+    assert events[4].layout.paths == ("con", "gen")
 
 
 def test_same_seed_same_image_and_text_only_mode(style_pipe: StylePipeline, reference: Image.Image) -> None:
@@ -164,7 +168,8 @@ def test_same_seed_same_image_and_text_only_mode(style_pipe: StylePipeline, refe
 @pytest.mark.parametrize(
     "cfg",
     [
-        {"key_steps": (1,)},
+        {"key_steps": (0,)},
+        {"key_steps": (1,), "convention": "A"},
         {"fine_steps": (9,)},
         {"convention": "C"},
         {"ksas_k": ("content",)},
@@ -178,6 +183,6 @@ def test_bad_stage_settings_raise(
         run(style_pipe, reference, style)
 
 
-def test_step_numbering_is_one_based_over_scales() -> None:
-    assert StyleConfig().to_scale(2) == 1 and StyleConfig(convention="B").to_scale(2) == 2
+def test_step_numbering_of_both_conventions() -> None:
+    assert StyleConfig(convention="A").to_scale(2) == 1 and StyleConfig().to_scale(2) == 2
     assert math.isclose(len(get_schedule(1.0, "0.06M").grids), 7)

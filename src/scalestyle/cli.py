@@ -70,12 +70,17 @@ def _add_style_args(p: argparse.ArgumentParser) -> None:
         help="(a) baseline, (b) +Init, (c) +Init+KSAS, (d) full",
     )
     p.add_argument("--key-steps", default="2,3")
-    p.add_argument("--fine-steps", default="4,5,6,7")
+    p.add_argument(
+        "--fine-steps",
+        default=None,
+        help="default: the paper's 4,5,6,7, those of them that the schedule has",
+    )
     p.add_argument(
         "--steps-convention",
-        default="A",
+        default="B",
         choices=["A", "B"],
-        help="A: step 1 is the start token; B: steps are upstream's 0-based loop index",
+        help="B (default): steps are upstream's 0-based loop index, the start token is step 0; "
+        "A: step 1 is the start token",
     )
     p.add_argument("--aqs-granularity", default="token", choices=["token", "head", "layer"])
     p.add_argument("--no-init", action="store_true")
@@ -141,7 +146,7 @@ def _style_config(args: argparse.Namespace) -> StyleConfig:
     return replace(
         base,
         key_steps=_steps(args.key_steps),
-        fine_steps=_steps(args.fine_steps),
+        fine_steps=None if args.fine_steps is None else _steps(args.fine_steps),
         convention=args.steps_convention,
         aqs_granularity=args.aqs_granularity,
         prune=not args.no_prune,
@@ -307,14 +312,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     for part, steps in parts:
         if steps is not None:
             cfg = replace(cfg, **{part: replace(getattr(cfg, part), steps=steps)})
+    # one replace, so that batch size and full rows are checked together
+    overrides: dict[str, object] = {}
     if args.bsc_strength is not None:
-        cfg = replace(cfg, transformer=replace(cfg.transformer, bsc_strength=args.bsc_strength))
+        overrides["bsc_strength"] = args.bsc_strength
     if args.batch_size is not None:
-        cfg = replace(
-            cfg,
-            vae=replace(cfg.vae, batch_size=args.batch_size),
-            transformer=replace(cfg.transformer, batch_size=args.batch_size),
-        )
+        cfg = replace(cfg, vae=replace(cfg.vae, batch_size=args.batch_size))
+        overrides["batch_size"] = args.batch_size
+    if args.prefix_scales is not None or args.full_rows is not None:
+        if args.prefix_scales == 0:
+            overrides |= {"prefix_scales": None, "full_rows": None}
+        else:
+            overrides |= {"prefix_scales": args.prefix_scales, "full_rows": args.full_rows}
+    if overrides:
+        cfg = replace(cfg, transformer=replace(cfg.transformer, **overrides))  # type: ignore[arg-type]
     if isinstance(cfg, DemoTrainConfig):
         out = train_demo(Path(args.out), Path(args.work_dir), cfg, progress=not args.quiet)
     else:
@@ -662,6 +673,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Bitwise Self-Correction: flip up to this fraction of the bits of earlier scales (upstream 0.3)",
     )
+    tr.add_argument(
+        "--prefix-scales",
+        type=int,
+        default=None,
+        help="rows from --full-rows on train only the first K scales (the demo: 4; 0 turns it off)",
+    )
+    tr.add_argument("--full-rows", type=int, default=None, help="rows of each batch trained on every scale")
     tr.add_argument("--quick", action="store_true", help="a few steps of each part (smoke test)")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_train)
@@ -709,9 +727,10 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--components", default="q,k,v", help="which of q, k, v to inject")
         a.add_argument(
             "--steps-convention",
-            default="A",
+            default="B",
             choices=["A", "B"],
-            help="A: step 1 is the start token; B: steps are upstream's 0-based loop index",
+            help="B (default): steps are upstream's 0-based loop index, the start token is step 0; "
+            "A: step 1 is the start token",
         )
         a.add_argument(
             "--cfg-rows", default="share", choices=["share", "plain"], help="edit the CFG rows alike or not"

@@ -116,7 +116,7 @@ class StepInjectionConfig:
     mode: InjectionMode = "cross"
     cfg_rows: CfgRows = "share"
     scales: tuple[int, ...] | None = None
-    convention: Convention = "A"
+    convention: Convention = "B"
     batch: int = 1
     band: Band = "minmax"
     thumb: int = 128
@@ -147,7 +147,7 @@ class QKVInjectionConfig:
     ranges: tuple[tuple[int, ...], ...] | None = None
     components: tuple[Component, ...] = COMPONENTS
     cfg_rows: CfgRows = "share"
-    convention: Convention = "A"
+    convention: Convention = "B"
     batch: int = 1
     band: Band = "minmax"
     thumb: int = 128

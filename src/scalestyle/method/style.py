@@ -8,9 +8,13 @@ first scales; at the key stages its self-attention takes the content path's quer
 style keys with its own and the style values; at the fine stages its queries blend with the content
 queries by their cosine similarity. Settled readings of the paper (``shared/research/method_notes.md``):
 
-- Steps: convention "A" (default) numbers all scales from 1, the start token being step 1, so
-  S_key = {2, 3} and S_fine = {4..7} are scale indices {1, 2} and {3..6}; convention "B" takes the paper's
-  steps as upstream's 0-based loop index (S_key = scale indices {2, 3}).
+- Steps: convention "B" (default) takes the paper's steps as upstream's 0-based loop index, the start
+  token being step 0, so S_key = {2, 3} and S_fine = {4..7} are scale indices {2, 3} and {4..7}; convention
+  "A" numbers all scales from 1 (S_key = scale indices {1, 2}). B is the default on evidence: the step
+  injection analysis finds the content decided at the 4x4 grid, which is the paper's "step 2" only under
+  B, and B gives twice A's style accuracy on the demo (``docs/analysis.md``, the demo's model card).
+  ``fine_steps=None`` (default) is the paper's {4..7} cut to the steps the schedule has, so the demo's
+  7-scale schedule runs {4, 5, 6}; an explicit tuple must fit the schedule.
 - Feature Initialization replaces the generation path's *inputs* at steps <= min(S_key): the input of
   scale j is made from the bits of scales < j, so the bits of scales before the first key scale are the
   reference's (one scale under A, two under B). ``init_scales`` overrides the count.
@@ -38,13 +42,14 @@ from scalestyle.sampling import PathPlan, ScaleEvent, run_scales
 from scalestyle.schedules import Schedule
 
 PATHS = ("con", "sty", "gen")
+PAPER_FINE_STEPS = (4, 5, 6, 7)
 
 
 @dataclass(frozen=True)
 class StyleConfig:
     key_steps: tuple[int, ...] = (2, 3)
-    fine_steps: tuple[int, ...] = (4, 5, 6, 7)
-    convention: Literal["A", "B"] = "A"
+    fine_steps: tuple[int, ...] | None = None
+    convention: Literal["A", "B"] = "B"
     init: bool = True
     ksas: bool = True
     aqs: bool = True
@@ -62,7 +67,7 @@ class StyleConfig:
             raise ValueError(f"convention must be 'A' or 'B', got {self.convention!r}")
         lowest = 1 if self.convention == "A" else 0
         for name in ("key_steps", "fine_steps"):
-            steps = getattr(self, name)
+            steps = getattr(self, name) or ()
             if any(s < lowest + 1 for s in steps):
                 raise ValueError(
                     f"{name} {steps}: steps must be >= {lowest + 1} (the start token has no image)"
@@ -95,6 +100,8 @@ class StyleConfig:
         return self._scales(self.key_steps, schedule, "key_steps")
 
     def fine_scales(self, schedule: Schedule) -> frozenset[int]:
+        if self.fine_steps is None:
+            return frozenset(s for s in map(self.to_scale, PAPER_FINE_STEPS) if s < schedule.num_scales)
         return self._scales(self.fine_steps, schedule, "fine_steps")
 
     def _scales(self, steps: Sequence[int], schedule: Schedule, name: str) -> frozenset[int]:
@@ -132,7 +139,7 @@ class StyleConfig:
                     name="ksas",
                 )
             )
-        if self.aqs and self.fine_steps:
+        if self.aqs and self.fine_scales(schedule):
             q = CosBlend("gen", "con", self.aqs_granularity, self.aqs_clamp_min)
             rules.append(
                 Rule(
