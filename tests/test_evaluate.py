@@ -19,7 +19,7 @@ from scalestyle.eval import methods as methods_module
 from scalestyle.eval import protocols
 from scalestyle.eval.classifier import WorldClassifier
 from scalestyle.eval.evaluate import ROWS_FILE, Scorers, classifier_gram, run_evaluation
-from scalestyle.eval.methods import METHODS, Method, StyleAlignedConfig, get_methods
+from scalestyle.eval.methods import METHODS, Method, Request, StyleAlignedConfig, get_methods
 from scalestyle.eval.report import summarize_rows, summary_csv, summary_markdown
 from scalestyle.eval.world import Judges
 from scalestyle.method.rules import RuleController
@@ -56,9 +56,9 @@ def counting(names: str, calls: list[str]) -> dict[str, Method]:
     """The named methods, each logging its calls (same settings, so the same config hash)."""
 
     def wrap(method: Method) -> Method:
-        def run(*args: Any, **kwargs: Any) -> Image.Image:
+        def run(pipe: Pipeline, request: Request) -> Image.Image:
             calls.append(method.name)
-            return method.run(*args, **kwargs)
+            return method.run(pipe, request)
 
         return replace(method, run=run)
 
@@ -219,16 +219,16 @@ def test_stylealigned_shares_at_every_scale_and_layer(
 
     monkeypatch.setattr(methods_module, "RuleController", Recording)
     ref = world.render("heart", "crayon", 1).image
-    sampling = SamplingConfig()
-    img = METHODS["stylealigned"](pipe, "a star", "crayon style", ref, 0, sampling)
+    request = Request("a star", "crayon style", ref, 0, SamplingConfig())
+    img = METHODS["stylealigned"](pipe, request)
     scales = pipe.schedule_for().num_scales
     assert edited == {(s, layer) for s in range(scales) for layer in range(pipe.transformer.cfg.depth)}
     assert img.size == (64, 64)
-    again = METHODS["stylealigned"](pipe, "a star", "crayon style", ref, 0, sampling)
-    plain = METHODS["prompt-only"](pipe, "a star", "crayon style", None, 0, sampling)
+    again = METHODS["stylealigned"](pipe, request)
+    plain = METHODS["prompt-only"](pipe, replace(request, ref_image=None))
     assert again.tobytes() == img.tobytes() != plain.tobytes()
     with pytest.raises(ValueError, match="needs a style reference"):
-        METHODS["stylealigned"](pipe, "a star", "crayon style", None, 0, sampling)
+        METHODS["stylealigned"](pipe, replace(request, ref_image=None))
 
 
 def test_method_registry() -> None:

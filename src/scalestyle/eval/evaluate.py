@@ -43,7 +43,7 @@ from scalestyle.bench import machine_info
 from scalestyle.config import SamplingConfig
 from scalestyle.data import procedural as world
 from scalestyle.eval.classifier import WorldClassifier
-from scalestyle.eval.methods import DEFAULT_METHODS, Method, get_methods
+from scalestyle.eval.methods import DEFAULT_METHODS, Method, Request, get_methods
 from scalestyle.eval.protocols import Case
 from scalestyle.eval.report import Row, write_reports
 from scalestyle.eval.world import Judges
@@ -317,9 +317,8 @@ def run_evaluation(
             ref = refs.image(case) if method.uses_reference else None
             _sync(pipe.device)
             start = time.perf_counter()
-            image = method(
-                pipe, case.content_prompt, case.style_prompt, ref, case.seed, sampling, prompt=case.prompt
-            )
+            request = Request(case.content_prompt, case.style_prompt, ref, case.seed, sampling, case.prompt)
+            image = method(pipe, request)
             _sync(pipe.device)
             seconds = time.perf_counter() - start
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """The methods an evaluation compares, in one place: name -> :class:`Method`.
 
-Every method is called as ``method(pipe, content_prompt, style_prompt, ref_image, seed, sampling,
-prompt=None)`` and returns one PIL image; ``prompt`` is the protocol's full generation prompt ("a star in
-crayon style"; FineStyle's "A cat, animals, in watercolor painting style"), None meaning
-``"<content_prompt> in <style_prompt>"``.
+Every method is called as ``method(pipe, request)`` with a :class:`Request` (prompts, reference image,
+seed, sampling) and returns one PIL image; the request's ``prompt`` is the protocol's full generation
+prompt ("a star in crayon style"; FineStyle's "A cat, animals, in watercolor painting style"), None
+meaning ``"<content_prompt> in <style_prompt>"``.
 
 - ``plain``: the content prompt alone (what the model draws with no style asked for).
 - ``prompt-only``: the generation prompt, the style given in words only, no reference image.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -31,22 +31,35 @@ from scalestyle.config import SamplingConfig
 from scalestyle.method.rules import AdaIN, From, Rule, RuleController
 from scalestyle.method.style import StyleConfig, StylePipeline
 from scalestyle.pipeline import Pipeline
-from scalestyle.sampling import PathPlan, ScaleEvent, run_scales
+from scalestyle.sampling import PathPlan, run_scales
 from scalestyle.schedules import Schedule
 
 
-class MethodFn(Protocol):
-    def __call__(
-        self,
-        pipe: Pipeline,
-        content_prompt: str,
-        style_prompt: str,
-        ref_image: Image.Image | None,
-        seed: int,
-        sampling: SamplingConfig,
-        *,
-        prompt: str | None = None,
-    ) -> Image.Image: ...
+@dataclass(frozen=True)
+class Request:
+    """What one image of an evaluation is made from."""
+
+    content_prompt: str
+    style_prompt: str
+    ref_image: Image.Image | None
+    seed: int
+    sampling: SamplingConfig
+    prompt: str | None = None
+
+    @property
+    def generation_prompt(self) -> str:
+        """``prompt`` when given, else ``"<content> in <style>"`` (as :class:`StylePipeline` forms its
+        generation path's caption)."""
+        return self.prompt or f"{self.content_prompt} in {self.style_prompt}"
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """The pipelines' sampling keywords (the seed is passed on its own)."""
+        settings = asdict(self.sampling)
+        settings.pop("seed")
+        return settings
+
+
+MethodFn = Callable[[Pipeline, Request], Image.Image]
 
 
 @dataclass(frozen=True)
@@ -61,55 +74,19 @@ class Method:
     reads_style: bool = True
     uses_reference: bool = True
 
-    def __call__(
-        self,
-        pipe: Pipeline,
-        content_prompt: str,
-        style_prompt: str,
-        ref_image: Image.Image | None,
-        seed: int,
-        sampling: SamplingConfig,
-        *,
-        prompt: str | None = None,
-    ) -> Image.Image:
-        if self.uses_reference and ref_image is None:
+    def __call__(self, pipe: Pipeline, request: Request) -> Image.Image:
+        if self.uses_reference and request.ref_image is None:
             raise ValueError(f"method {self.name!r} needs a style reference image")
-        return self.run(pipe, content_prompt, style_prompt, ref_image, seed, sampling, prompt=prompt)
-
-
-def generation_prompt(content_prompt: str, style_prompt: str, prompt: str | None = None) -> str:
-    """The full generation prompt: ``prompt`` when given, else ``"<content> in <style>"`` (as
-    :class:`StylePipeline` forms its generation path's caption)."""
-    return prompt or f"{content_prompt} in {style_prompt}"
-
-
-def _sampling_kwargs(sampling: SamplingConfig) -> dict[str, Any]:
-    return {
-        "cfg": sampling.cfg,
-        "tau": sampling.tau,
-        "top_k": sampling.top_k,
-        "top_p": sampling.top_p,
-        "h_div_w": sampling.h_div_w,
-        "pn": sampling.pn,
-    }
+        return self.run(pipe, request)
 
 
 def text_only(with_style: bool) -> MethodFn:
     """Plain generation: the content prompt alone (``with_style`` False) or the full generation prompt,
     the style in words only (True); no reference image either way."""
 
-    def run(
-        pipe: Pipeline,
-        content_prompt: str,
-        style_prompt: str,
-        ref_image: Image.Image | None,
-        seed: int,
-        sampling: SamplingConfig,
-        *,
-        prompt: str | None = None,
-    ) -> Image.Image:
-        text = generation_prompt(content_prompt, style_prompt, prompt) if with_style else content_prompt
-        return pipe(text, seed=seed, **_sampling_kwargs(sampling)).images[0]
+    def run(pipe: Pipeline, request: Request) -> Image.Image:
+        text = request.generation_prompt if with_style else request.content_prompt
+        return pipe(text, seed=request.seed, **request.sampling_kwargs()).images[0]
 
     return run
 
@@ -117,24 +94,15 @@ def text_only(with_style: bool) -> MethodFn:
 def ours(style: StyleConfig) -> MethodFn:
     """Our method with ``style`` (an ablation or any other setting)."""
 
-    def run(
-        pipe: Pipeline,
-        content_prompt: str,
-        style_prompt: str,
-        ref_image: Image.Image | None,
-        seed: int,
-        sampling: SamplingConfig,
-        *,
-        prompt: str | None = None,
-    ) -> Image.Image:
+    def run(pipe: Pipeline, request: Request) -> Image.Image:
         out = StylePipeline(pipe)(
-            content_prompt,
-            ref_image,
-            style_prompt=style_prompt,
-            gen_prompt=prompt,
+            request.content_prompt,
+            request.ref_image,
+            style_prompt=request.style_prompt,
+            gen_prompt=request.prompt,
             style=style,
-            seed=seed,
-            **_sampling_kwargs(sampling),
+            seed=request.seed,
+            **request.sampling_kwargs(),
         )
         return out.images[0]
 
@@ -203,22 +171,13 @@ def stylealigned(config: StyleAlignedConfig | None = None) -> MethodFn:
     cfg = config or StyleAlignedConfig()
 
     @torch.inference_mode()
-    def run(
-        pipe: Pipeline,
-        content_prompt: str,
-        style_prompt: str,
-        ref_image: Image.Image | None,
-        seed: int,
-        sampling: SamplingConfig,
-        *,
-        prompt: str | None = None,
-        on_scale: Callable[[ScaleEvent], None] | None = None,
-    ) -> Image.Image:
-        if ref_image is None:
+    def run(pipe: Pipeline, request: Request) -> Image.Image:
+        if request.ref_image is None:
             raise ValueError("stylealigned needs a style reference image")
+        sampling = replace(request.sampling, seed=request.seed)
         schedule = pipe.schedule_for(h_div_w=sampling.h_div_w, pn=sampling.pn)
-        ref_bits = StylePipeline(pipe).reference_bits(ref_image, schedule)
-        text = pipe.encode_text([style_prompt, generation_prompt(content_prompt, style_prompt, prompt)])
+        ref_bits = StylePipeline(pipe).reference_bits(request.ref_image, schedule)
+        text = pipe.encode_text([request.style_prompt, request.generation_prompt])
         plans = [PathPlan("sty", text.rows([0]), given_bits=ref_bits), PathPlan("gen", text.rows([1]))]
         controller = RuleController(cfg.rules(schedule))
         with pipe.autocast(), pipe.transformer.control.install(controller):
@@ -226,9 +185,8 @@ def stylealigned(config: StyleAlignedConfig | None = None) -> MethodFn:
                 pipe.transformer,
                 plans,
                 schedule,
-                replace(sampling, seed=seed),
+                sampling,
                 patchify=pipe.preset.vae.spatial_patchify,
-                on_scale=on_scale,
             )["gen"]
         return pipe.decode(summed)[0]
 
