@@ -38,7 +38,7 @@ def test_demo_loads_and_generates_in_seconds() -> None:
 
 def test_demo_draws_the_asked_content_well_above_chance() -> None:
     """A guard against shipping a model that ignores its captions: 16 contents in one training style,
-    judged by the shipped content classifier (chance 1/16; the model card measures 58% over 336)."""
+    judged by the shipped content classifier (chance 1/16; the model card measures 74% over 336; this one draws 11 of 16)."""
     pipe = Pipeline.load(None, device="cpu")
     captions = [world.caption(c, "neon") for c in world.CONTENTS]
     images = pipe(captions, seed=0).images
@@ -46,4 +46,4 @@ def test_demo_draws_the_asked_content_well_above_chance() -> None:
         torch.stack([preprocess(im, (64, 64)) for im in images])
     )
     hits = sum(p == c for p, c in zip(predicted, world.CONTENTS, strict=True))
-    assert hits >= 6, f"{hits}/16 contents drawn"
+    assert hits >= 9, f"{hits}/16 contents drawn"
