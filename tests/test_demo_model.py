@@ -38,7 +38,8 @@ def test_demo_loads_and_generates_in_seconds() -> None:
 
 def test_demo_draws_the_asked_content_well_above_chance() -> None:
     """A guard against shipping a model that ignores its captions: 16 contents in one training style,
-    judged by the shipped content classifier (chance 1/16; the model card measures 74% over 336; this one draws 11 of 16)."""
+    judged by the shipped content classifier (chance 1/16; the model card measures 74% over 336; this
+    case draws 11 of 16)."""
     pipe = Pipeline.load(None, device="cpu")
     captions = [world.caption(c, "neon") for c in world.CONTENTS]
     images = pipe(captions, seed=0).images
