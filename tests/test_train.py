@@ -45,6 +45,15 @@ def fit(
     return losses
 
 
+def teacher_batch(rows: int) -> tuple[Infinity, torch.Tensor, torch.Tensor, PackedText]:
+    """A freshly initialised tiny transformer and ``rows`` captioned world images as (inputs, bits, text)."""
+    model = Infinity(PRESET.transformer)
+    model.init_weights(torch.Generator().manual_seed(0))
+    img, captions = world_batch(0, rows, torch.Generator().manual_seed(0), (0.6, 0.2, 0.2))
+    inputs, bits = encode_batch(tiny_vae(), img, SCHEDULE)
+    return model, inputs, bits, RandomTextEncoder(PRESET.transformer.text_channels, 32).encode(captions)
+
+
 def test_vae_steps_reduce_the_loss_on_a_tiny_batch() -> None:
     objective = VAEObjective(tiny_vae(), SCHEDULE.grids, VAETrainConfig())
     losses = fit(objective, (images(0, 4, torch.Generator().manual_seed(0)),))
@@ -52,11 +61,7 @@ def test_vae_steps_reduce_the_loss_on_a_tiny_batch() -> None:
 
 
 def test_transformer_steps_reduce_the_bit_loss_on_a_tiny_batch() -> None:
-    model = Infinity(PRESET.transformer)
-    model.init_weights(torch.Generator().manual_seed(0))
-    img, captions = world_batch(0, 4, torch.Generator().manual_seed(0), (0.6, 0.2, 0.2))
-    inputs, bits = encode_batch(tiny_vae(), img, SCHEDULE)
-    text = RandomTextEncoder(PRESET.transformer.text_channels, 32).encode(captions)
+    model, inputs, bits, text = teacher_batch(4)
     losses = fit(
         BitObjective(model, SCHEDULE), (inputs, bits, text, torch.tensor([False, True, False, False]))
     )
@@ -81,11 +86,7 @@ def test_scale_weightings_sum_to_one_and_spread_the_loss_as_documented() -> None
 
 
 def test_token_weighting_is_the_plain_mean_and_scale_weighting_differs() -> None:
-    model = Infinity(PRESET.transformer)
-    model.init_weights(torch.Generator().manual_seed(0))
-    img, captions = world_batch(0, 2, torch.Generator().manual_seed(0), (0.6, 0.2, 0.2))
-    inputs, bits = encode_batch(tiny_vae(), img, SCHEDULE)
-    text = RandomTextEncoder(PRESET.transformer.text_channels, 32).encode(captions)
+    model, inputs, bits, text = teacher_batch(2)
     drop = torch.tensor([False, False])
     with torch.no_grad():
         logits = model(inputs, model.condition(text), SCHEDULE)
@@ -97,15 +98,11 @@ def test_token_weighting_is_the_plain_mean_and_scale_weighting_differs() -> None
 
 
 def test_prefix_rows_average_each_scale_over_the_rows_that_trained_it() -> None:
-    model = Infinity(PRESET.transformer)
-    model.init_weights(torch.Generator().manual_seed(0))
-    img, captions = world_batch(0, 4, torch.Generator().manual_seed(0), (0.6, 0.2, 0.2))
-    inputs, bits = encode_batch(tiny_vae(), img, SCHEDULE)
-    text = RandomTextEncoder(PRESET.transformer.text_channels, 32).encode(captions)
+    model, inputs, bits, text = teacher_batch(4)
     drop = torch.tensor([False, True, False, False])
-    objective = BitObjective(model, SCHEDULE, "scale", prefix_scales=3)
+    objective = BitObjective(model, SCHEDULE, "scale", prefix_scales=3, full_rows=1)
     with torch.no_grad():
-        got = objective(inputs, bits, text, drop, full_rows=1)["loss"]
+        got = objective(inputs, bits, text, drop)["loss"]
         # block-causal: the short forward's logits are the long forward's first scales, so one long
         # forward over every row gives the per-token losses to average by hand
         cond = model.condition(
@@ -119,11 +116,13 @@ def test_prefix_rows_average_each_scale_over_the_rows_that_trained_it() -> None:
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     with torch.no_grad():  # every row full: the plain weighted mean, whatever prefix_scales says
         assert torch.allclose(
-            objective(inputs, bits, text, drop, full_rows=4)["loss"],
+            BitObjective(model, SCHEDULE, "scale", prefix_scales=3, full_rows=4)(inputs, bits, text, drop)[
+                "loss"
+            ],
             BitObjective(model, SCHEDULE, "scale")(inputs, bits, text, drop)["loss"],
         )
     with pytest.raises(ValueError, match="prefix_scales"):
-        BitObjective(model, SCHEDULE, prefix_scales=SCHEDULE.num_scales)
+        BitObjective(model, SCHEDULE, prefix_scales=SCHEDULE.num_scales, full_rows=1)
     with pytest.raises(ValueError, match="full_rows"):
         TransformerTrainConfig(batch_size=8, prefix_scales=4, full_rows=9)
     with pytest.raises(ValueError, match="go together"):

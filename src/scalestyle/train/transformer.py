@@ -117,8 +117,9 @@ def scale_loss_weights(schedule: Schedule, weighting: str) -> torch.Tensor:
 class BitObjective(nn.Module):
     """Bitwise cross-entropy of the teacher-forced forward, as a module so DDP sees one forward.
 
-    With ``prefix_scales``, rows from ``full_rows`` on are run on the first ``prefix_scales`` scales only
-    (one more forward on the shorter sequence); each scale's loss is the mean over the rows that have it.
+    With ``prefix_scales`` and ``full_rows``, rows from ``full_rows`` on are run on the first
+    ``prefix_scales`` scales only (one more forward on the shorter sequence); each scale's loss is the mean
+    over the rows that have it. A batch of at most ``full_rows`` rows trains every scale of every row.
     """
 
     weights_L: torch.Tensor
@@ -129,14 +130,17 @@ class BitObjective(nn.Module):
         schedule: Schedule,
         weighting: str = "token",
         prefix_scales: int | None = None,
+        full_rows: int | None = None,
     ) -> None:
         super().__init__()
+        if (prefix_scales is None) != (full_rows is None):
+            raise ValueError(f"prefix_scales and full_rows go together, got {prefix_scales} and {full_rows}")
         if prefix_scales is not None and not 1 <= prefix_scales < schedule.num_scales:
             raise ValueError(
                 f"prefix_scales must be in [1, {schedule.num_scales - 1}] (fewer than the schedule's "
                 f"{schedule.num_scales} scales), got {prefix_scales}"
             )
-        self.model, self.schedule = model, schedule
+        self.model, self.schedule, self.full_rows = model, schedule, full_rows
         self.prefix = None
         if prefix_scales is not None:
             self.prefix = replace(schedule, grids=schedule.grids[:prefix_scales])
@@ -148,7 +152,6 @@ class BitObjective(nn.Module):
         bits_BLD: torch.Tensor,
         text: PackedText,
         drop_B: torch.Tensor,
-        full_rows: int | None = None,
     ) -> dict[str, torch.Tensor]:
         feats = []
         start = 0
@@ -158,7 +161,7 @@ class BitObjective(nn.Module):
             start += n
         packed = PackedText(torch.cat(feats), text.lens)
         B = len(text.lens)
-        n_full = B if full_rows is None or self.prefix is None else full_rows
+        n_full = B if self.full_rows is None else min(self.full_rows, B)
         logits = self.model(
             inputs_BLD[:n_full], self.model.condition(packed.rows(range(n_full))), self.schedule
         )
@@ -274,7 +277,7 @@ def train_transformer(
     if ckpt.is_file():
         start = int(load_checkpoint(ckpt, model=model, optimizer=optimizer)["step"])
     vae = vae.eval().requires_grad_(False).to(accelerator.device)
-    objective = BitObjective(model, schedule, cfg.scale_weighting, cfg.prefix_scales)
+    objective = BitObjective(model, schedule, cfg.scale_weighting, cfg.prefix_scales, cfg.full_rows)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     log = JsonlLog(out_dir / "transformer_log.jsonl")
     bar = tqdm(
@@ -292,7 +295,7 @@ def train_transformer(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.lr, cfg.warmup, cfg.steps)
         with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            out = objective(inputs, bits, text, drop, cfg.full_rows)
+            out = objective(inputs, bits, text, drop)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(out["loss"])
         accelerator.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
