@@ -1,13 +1,16 @@
 """Model configurations and their presets, all in one place.
 
 Sizes of the official models follow `tools/run_infinity.py` of FoundationVision/Infinity (see the spec,
-section 1.1 and 2.1). Sampling settings live in :class:`SamplingConfig`, never in model constructors.
+section 1.1 and 2.1), those of VAR `models/__init__.py::build_vae_var` of FoundationVision/VAR (spec §5.1).
+Sampling settings live in :class:`SamplingConfig`, never in model constructors.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
+from typing import Any, TypeVar, overload
 
 from scalestyle.schedules import PN_NUM_SCALES
 
@@ -107,6 +110,92 @@ class BSQVAEConfig:
 
 
 @dataclass(frozen=True)
+class VARConfig:
+    """The class-conditional VAR transformer (upstream `models/var.py::VAR` as `build_vae_var` builds it:
+    ``heads = depth``, ``width = 64 * depth``). ``vocab_size`` = V and ``z_channels`` = Cvae come from its
+    VQ-VAE; ``patch_nums`` are the side lengths of the square token grids, scale 0 first."""
+
+    depth: int
+    width: int
+    heads: int
+    patch_nums: tuple[int, ...]
+    vocab_size: int = 4096
+    z_channels: int = 32
+    num_classes: int = 1000
+    shared_aln: bool = False
+    attn_l2_norm: bool = True
+    mlp_ratio: float = 4.0
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "width", "heads", "vocab_size", "z_channels", "num_classes"):
+            _check_positive(name, getattr(self, name))
+        _check_positive("mlp_ratio", self.mlp_ratio)
+        if not 0 < self.norm_eps < 1:
+            raise ValueError(f"norm_eps must be in (0, 1), got {self.norm_eps}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
+        _check_patch_nums(self.patch_nums)
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        # upstream basic_var.py::AdaLNSelfAttn: round(C * mlp_ratio)
+        return round(self.width * self.mlp_ratio)
+
+    @property
+    def num_tokens(self) -> int:
+        """L: tokens of all scales together (680 for the 256px schedule)."""
+        return sum(pn * pn for pn in self.patch_nums)
+
+
+def _check_patch_nums(patch_nums: tuple[int, ...]) -> None:
+    # two scales at least: upstream's CFG ramp and phi selection divide by (number of scales - 1)
+    if len(patch_nums) < 2 or any(pn < 1 for pn in patch_nums):
+        raise ValueError(f"patch_nums must be >= 2 grid sides, each >= 1, got {patch_nums}")
+    if any(b <= a for a, b in itertools.pairwise(patch_nums)):
+        raise ValueError(f"patch_nums must increase strictly, got {patch_nums}")
+
+
+@dataclass(frozen=True)
+class VQVAEConfig:
+    """VAR's multi-scale VQ-VAE (upstream `models/vqvae.py::VQVAE`, LDM vq-f16 layout). ``num_scales`` is
+    the row count of the ``quantize.ema_vocab_hit_SV`` training statistic only; the grids to quantize
+    over are given per call."""
+
+    vocab_size: int = 4096
+    z_channels: int = 32
+    ch: int = 160
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    quant_resi: float = 0.5
+    share_quant_resi: int = 4
+    num_scales: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "z_channels", "ch", "num_res_blocks", "num_scales"):
+            _check_positive(name, getattr(self, name))
+        if not self.ch_mult or any(m < 1 for m in self.ch_mult):
+            raise ValueError(f"ch_mult must be non-empty positive multipliers, got {self.ch_mult}")
+        if self.ch % 32:
+            raise ValueError(f"ch must be a multiple of 32 (GroupNorm of 32 groups), got {self.ch}")
+        if not 0 < self.quant_resi <= 1:
+            raise ValueError(f"quant_resi must be in (0, 1], got {self.quant_resi}")
+        if self.share_quant_resi < 2:
+            raise ValueError(
+                f"share_quant_resi must be >= 2 (partially shared phi convs), got {self.share_quant_resi}"
+            )
+
+    @property
+    def downsample(self) -> int:
+        """Pixels per token along one side (16 for the official VQ-VAE)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+@dataclass(frozen=True)
 class TextEncoderConfig:
     """Where the T5 encoder comes from: a hub id or local directory, or the project's bundled demo."""
 
@@ -140,6 +229,28 @@ class ModelPreset:
 
 
 @dataclass(frozen=True)
+class VARPreset:
+    """A VAR model: the transformer and its VQ-VAE (class-conditional, so no text encoder)."""
+
+    name: str
+    transformer: VARConfig
+    vae: VQVAEConfig
+
+    def __post_init__(self) -> None:
+        t, v = self.transformer, self.vae
+        if (t.vocab_size, t.z_channels) != (v.vocab_size, v.z_channels):
+            raise ValueError(
+                f"transformer (V {t.vocab_size}, Cvae {t.z_channels}) does not fit its VQ-VAE "
+                f"(V {v.vocab_size}, Cvae {v.z_channels})"
+            )
+
+    @property
+    def image_size(self) -> int:
+        """Pixels along one side of the generated images."""
+        return self.transformer.patch_nums[-1] * self.vae.downsample
+
+
+@dataclass(frozen=True)
 class SamplingConfig:
     """Per-image sampling settings (upstream `gen_one_img` defaults: top_k 900, top_p 0.97)."""
 
@@ -150,6 +261,8 @@ class SamplingConfig:
     seed: int = 0
     h_div_w: float = 1.0
     pn: str | None = None
+    # VAR only: Gumbel smoothing of the codes
+    more_smooth: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.cfg <= 50:
@@ -171,8 +284,16 @@ class SamplingConfig:
 _VAE_D32 = BSQVAEConfig(codebook_dim=32, patch_size=16, ch_mult=(1, 2, 4, 4, 4))
 _VAE_D56 = BSQVAEConfig(codebook_dim=14, patch_size=8, ch_mult=(1, 2, 4, 4), spatial_patchify=True)
 _FLAN_T5_XL = TextEncoderConfig(source="google/flan-t5-xl")
+_VAR_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+_VAR_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 
-PRESETS: dict[str, ModelPreset] = {
+
+def _var_preset(name: str, depth: int, patch_nums: tuple[int, ...], *, shared_aln: bool) -> VARPreset:
+    cfg = VARConfig(depth=depth, width=64 * depth, heads=depth, patch_nums=patch_nums, shared_aln=shared_aln)
+    return VARPreset(name, cfg, VQVAEConfig())
+
+
+PRESETS: dict[str, ModelPreset | VARPreset] = {
     "infinity-2b": ModelPreset(
         "infinity-2b", InfinityConfig(depth=32, width=2048, heads=16, bits=32), _VAE_D32, _FLAN_T5_XL
     ),
@@ -197,11 +318,35 @@ PRESETS: dict[str, ModelPreset] = {
         TextEncoderConfig(source="bundled:demo-t5", max_length=32),
         default_pn="0.06M",
     ),
+    # VAR (`models/__init__.py::build_vae_var`): heads = depth, width = 64 * depth, one VQ-VAE for all.
+    "var-d16": _var_preset("var-d16", 16, _VAR_256, shared_aln=False),
+    "var-d20": _var_preset("var-d20", 20, _VAR_256, shared_aln=False),
+    "var-d24": _var_preset("var-d24", 24, _VAR_256, shared_aln=False),
+    "var-d30": _var_preset("var-d30", 30, _VAR_256, shared_aln=False),
+    "var-d36": _var_preset("var-d36", 36, _VAR_512, shared_aln=True),
+    # Tiny VAR for tests (spec §5.5): the official layout at depth 2, V 64, Cvae 8, ch 32, 64x64 images.
+    "var-tiny": VARPreset(
+        "var-tiny",
+        VARConfig(depth=2, width=128, heads=2, patch_nums=(1, 2, 3, 4), vocab_size=64, z_channels=8),
+        VQVAEConfig(vocab_size=64, z_channels=8, ch=32, num_scales=4),
+    ),
 }
 
+Preset = TypeVar("Preset", ModelPreset, VARPreset)
 
-def get_preset(name: str) -> ModelPreset:
+
+@overload
+def get_preset(name: str) -> ModelPreset: ...
+@overload
+def get_preset(name: str, kind: type[Preset]) -> Preset: ...
+def get_preset(name: str, kind: type[Any] = ModelPreset) -> ModelPreset | VARPreset:
+    """The preset ``name`` of family ``kind`` (Infinity's :class:`ModelPreset` unless told otherwise)."""
     try:
-        return PRESETS[name]
+        preset = PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}") from None
+    if not isinstance(preset, kind):
+        family = "a VAR" if isinstance(preset, VARPreset) else "an Infinity"
+        wanted = sorted(k for k, v in PRESETS.items() if isinstance(v, kind))
+        raise ValueError(f"model preset {name!r} is {family} preset; choose one of {wanted} here")
+    return preset

@@ -1,4 +1,4 @@
-"""Scale schedules and RoPE-2D grid positions of Infinity.
+"""Scale schedules and RoPE-2D grid positions of Infinity, and VAR's square schedules.
 
 Follows `infinity/utils/dynamic_resolution.py` (15 aspect templates, pn presets) and
 `infinity/models/basic.py::precompute_rope2d_freqs_grid` with ``rope2d_normalized_by_hw=2`` (every
@@ -7,6 +7,7 @@ scale's positions are spread over the template's last 1M grid, rounded half-to-e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
@@ -200,6 +201,18 @@ def get_schedule(h_div_w: float = 1.0, pn: str = "1M") -> Schedule:
         raise ValueError(f"pn must be one of {sorted(PN_NUM_SCALES)}, got {pn!r}")
     template = nearest_template(h_div_w)
     return Schedule(template, pn, TEMPLATES_1M[template][: PN_NUM_SCALES[pn]])
+
+
+def var_schedule(patch_nums: Sequence[int]) -> Schedule:
+    """VAR's schedule: the square grids (pn, pn) of ``patch_nums`` (`models/var.py::VAR.patch_nums`).
+
+    VAR has no aspect templates or pixel budgets: ``template`` is 1.0 and ``pn`` names the grid sides
+    (``"var:1,2,3,4,5,6,8,10,13,16"``), a label only.
+    """
+    sides = tuple(int(pn) for pn in patch_nums)
+    if not sides or min(sides) < 1:
+        raise ValueError(f"patch_nums must be grid sides >= 1, got {tuple(patch_nums)}")
+    return Schedule(1.0, "var:" + ",".join(map(str, sides)), tuple((pn, pn) for pn in sides))
 
 
 @cache

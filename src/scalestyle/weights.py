@@ -11,6 +11,10 @@ loud:
 - `tools/run_infinity.py::load_visual_tokenizer` (→ `bsq_vae/vae.py::vae_model`): ``ckpt['vae']`` copied by
   `bsq_vae/vae.py::load_cnn`, which accepts both the plain (``conv1.weight``) and the wrapped
   (``conv1.conv.weight``) naming and is non-strict and silent. Here: the same renaming, then the strict check.
+- VAR (FoundationVision/VAR, `demo_sample.ipynb`): ``var_d{depth}.pth`` and ``vae_ch160v4096z32.pth`` are
+  plain state dicts loaded with ``strict=True``; `VQVAE.load_state_dict` replaces a
+  ``quantize.ema_vocab_hit_SV`` of another scale count by the model's own. Here the same, with the strict
+  check naming what is wrong; the models are built on the meta device and materialized once the file fits.
 
 Every failure is a :class:`WeightsError` with one line that names the file and the problem; errors of torch,
 safetensors and huggingface_hub are wrapped, never shown as tracebacks.
@@ -29,7 +33,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
+import shutil
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -40,7 +47,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from scalestyle.config import BSQVAEConfig, InfinityConfig, ModelPreset, TextEncoderConfig, get_preset
+from scalestyle.config import (
+    BSQVAEConfig,
+    InfinityConfig,
+    ModelPreset,
+    TextEncoderConfig,
+    VARPreset,
+    get_preset,
+)
+from scalestyle.models.var import VAR
+from scalestyle.models.vqvae import VQVAE
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -120,6 +136,20 @@ OFFICIAL_LAYOUTS: dict[str, OfficialLayout] = {
         vae="infinity_vae_d56_f8_14_patchify.pth",
         allow_patterns=("infinity_8b_weights/*", "infinity_vae_d56_f8_14_patchify.pth"),
     ),
+}
+
+
+VAR_HUB_REPO = "FoundationVision/var"
+VQVAE_FILE = "vae_ch160v4096z32.pth"
+# VAR's presets and their files in the hub repo (one VQ-VAE for every depth)
+VAR_LAYOUTS: dict[str, OfficialLayout] = {
+    f"var-d{depth}": OfficialLayout(
+        f"var-d{depth}",
+        transformer=f"var_d{depth}.pth",
+        vae=VQVAE_FILE,
+        allow_patterns=(f"var_d{depth}.pth", VQVAE_FILE),
+    )
+    for depth in (16, 20, 24, 30, 36)
 }
 
 
@@ -540,6 +570,64 @@ def load_vae_weights(model: nn.Module, state: Mapping[str, torch.Tensor], *, sou
     _copy_into(targets, adapted, source)
 
 
+VAR_HINTS = (
+    SizeHint("pos_start", -1, "width", "is this a checkpoint of another model size?"),
+    SizeHint("pos_1LC", 1, "token count", "is this a checkpoint of another resolution (d36 is 512px)?"),
+    SizeHint("head.weight", 0, "codebook size", "is this a checkpoint for another VQ-VAE?"),
+    SizeHint("word_embed.weight", 1, "latent channels", "is this a checkpoint for another VQ-VAE?"),
+)
+VQVAE_HINTS = (
+    SizeHint("quantize.embedding.weight", 0, "codebook size", "is this the VQ-VAE of another model?"),
+    SizeHint("quantize.embedding.weight", 1, "latent channels", "is this the VQ-VAE of another model?"),
+    SizeHint("encoder.conv_in.weight", 0, "base channels", "is this the VQ-VAE of another model?"),
+)
+EMA_HITS_KEY = "quantize.ema_vocab_hit_SV"
+
+
+def _load_strict(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    hints: Sequence[SizeHint],
+    filled: Collection[str] = (),
+) -> None:
+    """Check coverage, then give a model built on the meta device its storage (on the CPU) and copy."""
+    targets = _model_state(model)
+    check_coverage(_shapes(targets), _shapes(state), source=source, hints=hints, filled=filled)
+    if any(t.is_meta for t in targets.values()):
+        # strict coverage: every parameter and persistent buffer is overwritten from the file below
+        model.to_empty(device="cpu")
+        targets = _model_state(model)
+    _copy_into(targets, state, source)
+
+
+def load_var_weights(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Load an official ``var_d{depth}.pth`` (or any VAR state dict) into ``model`` strictly, in place.
+
+    The persistent buffers ``lvl_1L`` and ``attn_bias_for_masking`` are in the official files and are
+    loaded like the parameters, as upstream's ``load_state_dict(strict=True)`` does. A model on the meta
+    device is materialized on the CPU once the keys fit.
+    """
+    _load_strict(model, state, source=source, hints=VAR_HINTS)
+
+
+def load_vqvae_weights(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Load an official ``vae_ch160v4096z32.pth`` (or any VQ-VAE state dict) into ``model`` strictly.
+
+    As upstream's `VQVAE.load_state_dict`: an ``ema_vocab_hit_SV`` (a training statistic) of another scale
+    count is replaced by the model's own (zeros when the model is on the meta device).
+    """
+    targets = _model_state(model)
+    adapted = dict(state)
+    own, ckpt = targets.get(EMA_HITS_KEY), state.get(EMA_HITS_KEY)
+    filled: list[str] = []
+    if own is not None and ckpt is not None and ckpt.dim() == own.dim() and ckpt.shape[0] != own.shape[0]:
+        adapted[EMA_HITS_KEY] = torch.zeros(own.shape) if own.is_meta else own.detach()
+        filled.append(EMA_HITS_KEY)
+    _load_strict(model, adapted, source=source, hints=VQVAE_HINTS, filled=filled)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # scalestyle model folders
 
@@ -806,6 +894,59 @@ def resolve_model_files(model_dir: str | Path) -> ModelFiles:
     )
 
 
+@dataclass(frozen=True)
+class VARFiles:
+    """The two files of a VAR model folder."""
+
+    transformer: Path
+    vae: Path
+    preset: VARPreset
+
+
+def resolve_var_files(model_dir: str | Path) -> VARFiles:
+    """Which file is which in a VAR folder: one made by :func:`download` (``scalestyle_model.json``), or
+    upstream's layout (``vae_ch160v4096z32.pth`` beside exactly one ``var_d{depth}.pth``)."""
+    folder = Path(model_dir).expanduser()
+    if not folder.is_dir():
+        raise WeightsError(f"{folder}: no such model folder")
+    if (folder / LAYOUT_FILE).is_file():
+        path = folder / LAYOUT_FILE
+        data = _read_json(path)
+        if not isinstance(data, dict):
+            raise WeightsError(f"{path}: expected a JSON object")
+        try:
+            preset = get_preset(str(data["preset"]), VARPreset)
+            files = VARFiles(folder / str(data["transformer"]), folder / str(data["vae"]), preset)
+        except KeyError as err:
+            raise WeightsError(f"{path}: missing field {err}") from None
+        except ValueError as err:
+            raise WeightsError(f"{path}: {_brief(err)}") from None
+    else:
+        found = [layout for layout in VAR_LAYOUTS.values() if (folder / layout.transformer).is_file()]
+        if len(found) != 1:
+            names = ", ".join(layout.transformer for layout in VAR_LAYOUTS.values())
+            what = "several of" if found else "none of"
+            raise WeightsError(f"{folder}: not a VAR model folder: it holds {what} {names}")
+        layout = found[0]
+        files = VARFiles(
+            folder / layout.transformer, folder / layout.vae, get_preset(layout.preset, VARPreset)
+        )
+    for part in (files.transformer, files.vae):
+        if not part.is_file():
+            raise WeightsError(f"{folder}: {part.name} is missing")
+    return files
+
+
+def load_var_models(files: VARFiles) -> tuple[VAR, VQVAE]:
+    """(VAR, VQVAE) of a resolved folder, on the CPU in eval mode, loaded strictly: both are built on the
+    meta device, so nothing is initialised only to be overwritten."""
+    with torch.device("meta"):
+        var, vqvae = VAR(files.preset.transformer), VQVAE(files.preset.vae)
+    load_vqvae_weights(vqvae, read_state_dict(files.vae), source=str(files.vae))
+    load_var_weights(var, read_state_dict(files.transformer), source=str(files.transformer))
+    return var.eval(), vqvae.eval()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Downloading
 
@@ -849,12 +990,14 @@ def download(
     Upstream file names in ``FoundationVision/Infinity``: ``infinity_2b_reg.pth`` and
     ``infinity_vae_d32reg.pth`` (2B); the folder ``infinity_8b_weights/`` (four safetensors shards and
     ``model.safetensors.index.json``) and ``infinity_vae_d56_f8_14_patchify.pth`` (8B). Writes
-    ``scalestyle_model.json`` so that ``--model DEST`` works.
+    ``scalestyle_model.json`` so that ``--model DEST`` works. VAR presets (``var-d16`` .. ``var-d36``)
+    come from ``FoundationVision/var`` (:func:`_download_var`).
     """
+    if preset_name in VAR_LAYOUTS:
+        return _download_var(VAR_LAYOUTS[preset_name], Path(dest).expanduser(), token)
     if preset_name not in OFFICIAL_LAYOUTS:
-        raise WeightsError(
-            f"no official weights for {preset_name!r}; choose one of {', '.join(sorted(OFFICIAL_LAYOUTS))}"
-        )
+        known = ", ".join(sorted((*OFFICIAL_LAYOUTS, *VAR_LAYOUTS)))
+        raise WeightsError(f"no official weights for {preset_name!r}; choose one of {known}")
     layout = OFFICIAL_LAYOUTS[preset_name]
     out = Path(dest).expanduser()
     try:
@@ -882,4 +1025,41 @@ def download(
         (out / LAYOUT_FILE).write_text(json.dumps(record, indent=2) + "\n")
     except OSError as err:
         raise WeightsError(f"cannot write {out / LAYOUT_FILE}: {_brief(err)}") from None
+    return out
+
+
+def _download_var(layout: OfficialLayout, out: Path, token: str | None) -> Path:
+    """``var_d{depth}.pth`` and ``vae_ch160v4096z32.pth`` from ``FoundationVision/var`` into ``out``.
+
+    The hub writes into a temporary folder inside ``out``; the files move into place only once both are
+    complete, so an interrupted download leaves no partial model file that a later load would trip on.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=out))
+    except OSError as err:
+        raise WeightsError(f"cannot create {out}: {_brief(err)}") from None
+    try:
+        _snapshot(VAR_HUB_REPO, layout.allow_patterns, staging, token)
+        parts = (layout.transformer, layout.vae)
+        for part in parts:
+            if not (staging / part).is_file():
+                raise WeightsError(
+                    f"the hub snapshot of {VAR_HUB_REPO} has no {part}; nothing was written to {out}"
+                )
+        record = {
+            "format_version": FORMAT_VERSION,
+            "preset": layout.preset,
+            "transformer": layout.transformer,
+            "vae": layout.vae,
+            "source": VAR_HUB_REPO,
+        }
+        try:
+            for part in parts:
+                os.replace(staging / part, out / part)
+            (out / LAYOUT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        except OSError as err:
+            raise WeightsError(f"cannot write to {out}: {_brief(err)}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
