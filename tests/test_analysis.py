@@ -66,8 +66,8 @@ def pipe(tiny_model_dir: Path) -> Pipeline:
 
 def plain_bits(pipe: Pipeline, prompt: str, sampling: SamplingConfig) -> list[torch.Tensor]:
     events: list[ScaleEvent] = []
-    pipe(prompt, seed=sampling.seed, cfg=sampling.cfg, on_scale=events.append)
-    return [e.bits["gen"] for e in events]
+    pipe(prompt, sampling=sampling, on_scale=events.append)
+    return [e.tokens["gen"] for e in events]
 
 
 def fake_scorer(images: list[Image.Image], texts: list[str]) -> list[float]:
@@ -82,8 +82,8 @@ def test_without_injection_paths_a_and_b_are_plain_generation_bit_identically(pi
     s = SamplingConfig(seed=3)  # with CFG: the uncond rows of both paths in one batch
     for mode in ("cross", "handoff"):
         out = generate_step_injection(pipe, A, B, [], sampling=s, mode=mode)  # type: ignore[arg-type]
-        assert torch.equal(out["a"], pipe(A, seed=3).summed_codes_BdHW)
-        assert torch.equal(out["b"], pipe(B, seed=3).summed_codes_BdHW)
+        assert torch.equal(out["a"], pipe(A, sampling=SamplingConfig(seed=3)).summed_codes_BdHW)
+        assert torch.equal(out["b"], pipe(B, sampling=SamplingConfig(seed=3)).summed_codes_BdHW)
 
 
 def test_cross_swap_happens_only_at_scale_s_and_only_in_the_injected_rows(
@@ -127,7 +127,7 @@ def test_bits_before_s_are_plain_a_and_the_injection_changes_the_rest(pipe: Pipe
     for mode in ("cross", "handoff"):
         events: list[ScaleEvent] = []
         generate_step_injection(pipe, A, B, [s], sampling=NO_CFG, mode=mode, on_scale=events.append)  # type: ignore[arg-type]
-        got = [e.bits[injected_path(s)] for e in events if injected_path(s) in e.bits]
+        got = [e.tokens[injected_path(s)] for e in events if injected_path(s) in e.tokens]
         assert len(got) == len(plain)
         for si in range(s):
             assert torch.equal(got[si], plain[si]), (mode, si)
@@ -150,8 +150,8 @@ def test_handoff_draws_step_s_from_b_given_a_history(pipe: Pipeline) -> None:
     assert set(out) == {injected_path(1), injected_path(3)}
     plain = plain_bits(pipe, A, NO_CFG)
     for s, probe_scales in ((1, 2), (3, 7)):  # a probe stops after its draw, the last one keeps the run going
-        probe = [e.bits[f"b@{s}"] for e in events if f"b@{s}" in e.bits]
-        inj = [e.bits[injected_path(s)] for e in events if injected_path(s) in e.bits]
+        probe = [e.tokens[f"b@{s}"] for e in events if f"b@{s}" in e.tokens]
+        inj = [e.tokens[injected_path(s)] for e in events if injected_path(s) in e.tokens]
         assert len(probe) == probe_scales
         assert all(torch.equal(probe[i], plain[i]) for i in range(s))  # given A's bits
         assert torch.equal(inj[s], probe[s])  # A continues from B's draw
@@ -200,8 +200,8 @@ def test_qkv_paths_a_and_b_are_plain_and_injections_change_the_image(pipe: Pipel
     s = SamplingConfig(seed=2)
     injs = [QKVInjection(c, frozenset(range(7))) for c in ("q", "v")]  # type: ignore[arg-type]
     out = generate_qkv_injection(pipe, A, B, injs, sampling=s)
-    assert torch.equal(out["a"], pipe(A, seed=2).summed_codes_BdHW)
-    assert torch.equal(out["b"], pipe(B, seed=2).summed_codes_BdHW)
+    assert torch.equal(out["a"], pipe(A, sampling=SamplingConfig(seed=2)).summed_codes_BdHW)
+    assert torch.equal(out["b"], pipe(B, sampling=SamplingConfig(seed=2)).summed_codes_BdHW)
     assert all(not torch.equal(out[i.path], out["a"]) for i in injs)
 
 
@@ -281,7 +281,7 @@ def test_step_injection_rows_images_and_figures(
         )
         assert r["config"]["sampling"]["cfg"] == 1.0 and r["commit"]
     # the plain-A row's image is plain generation of A
-    plain = pipe(A, seed=0, cfg=1.0).images[0]
+    plain = pipe(A, sampling=SamplingConfig(cfg=1.0)).images[0]
     with Image.open(tmp_path / rows[0]["image"]) as im:
         assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(plain))
     grid = Image.open(res.files["grid"])

@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from scalestyle.config import SamplingConfig
 from scalestyle.data import procedural as world
 from scalestyle.eval.world import Judges
 from scalestyle.images import preprocess
@@ -30,7 +31,7 @@ def test_bundled_files_are_small_and_complete() -> None:
 def test_demo_loads_and_generates_in_seconds() -> None:
     start = time.perf_counter()
     pipe = Pipeline.load(device="cpu")
-    out = pipe("a star in neon style", seed=0)
+    out = pipe("a star in neon style", sampling=SamplingConfig(seed=0))
     assert time.perf_counter() - start < 30
     assert out.images[0].size == (64, 64) and out.images[0].mode == "RGB"
     assert torch.isfinite(out.summed_codes_BdHW).all()
@@ -42,7 +43,7 @@ def test_demo_draws_the_asked_content_well_above_chance() -> None:
     case draws 11 of 16)."""
     pipe = Pipeline.load(None, device="cpu")
     captions = [world.caption(c, "neon") for c in world.CONTENTS]
-    images = pipe(captions, seed=0).images
+    images = pipe(captions, sampling=SamplingConfig(seed=0)).images
     predicted = Judges.load(bundled_demo_dir()).content.predict(
         torch.stack([preprocess(im, (64, 64)) for im in images])
     )

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from scalestyle.cli import main
+from scalestyle.config import SamplingConfig
 from scalestyle.data import procedural as world
 from scalestyle.data.folder import ImageFolder, scan_folder
 from scalestyle.pipeline import Pipeline
@@ -86,7 +87,7 @@ def test_train_from_scratch_writes_a_loadable_model(tmp_path: Path) -> None:
     assert read_model_config(out).text.source == "text_encoder"
     assert (tmp_path / "work" / "vae.ckpt").is_file() and (tmp_path / "work" / "transformer.ckpt").is_file()
     pipe = Pipeline.load(out, device="cpu")
-    assert pipe("a circle in neon style", seed=0).images[0].size == (64, 64)
+    assert pipe("a circle in neon style", sampling=SamplingConfig(seed=0)).images[0].size == (64, 64)
     info = json.loads((out / "config.json").read_text())["extra"]["training"]
     assert info["images"] == 5 and info["trained_by"] == "scalestyle train folder"
 

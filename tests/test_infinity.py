@@ -30,7 +30,7 @@ def random_text(model: Infinity, lens: tuple[int, ...]) -> PackedText:
 def test_cached_steps_equal_teacher_forced_forward() -> None:
     model = tiny_model()
     schedule = get_schedule(1.0, "0.06M")
-    text = model.condition(random_text(model, (5, 3)))
+    text = model.condition([random_text(model, (5, 3))])
     inputs = torch.randn(2, schedule.total_tokens - 1, model.cfg.bits)
     with torch.no_grad():
         full = model(inputs, text, schedule)
@@ -45,7 +45,7 @@ def test_cached_steps_equal_teacher_forced_forward() -> None:
                 start = offsets[si] - 1
                 x = model.embed(inputs[:, start : start + schedule.tokens_per_scale[si]])
             h = model.forward_scale(
-                x, text, scale=si, schedule=schedule, rope=rope, cache=cache, layout=layout
+                x, text, scale=si, schedule=schedule, positions=rope, cache=cache, layout=layout
             )
             steps.append(model.logits(h, text))
     stepped = torch.cat(steps, dim=1)
@@ -61,9 +61,12 @@ def test_caption_rows_are_independent() -> None:
     packed = random_text(model, (4, 7))
     inputs = torch.randn(2, schedule.total_tokens - 1, model.cfg.bits)
     with torch.no_grad():
-        both = model(inputs, model.condition(packed), schedule)
-        second = model(inputs[1:], model.condition(packed.rows([1])), schedule)
-    torch.testing.assert_close(both[1:], second, atol=1e-5, rtol=0)
+        both = model(inputs, model.condition([packed]), schedule)
+        second = model(inputs[1:], model.condition([packed.rows([1])]), schedule)
+    # not bit-equal: CPU kernels block batches of 1 and 2 rows differently, and the cross-attention's bf16
+    # rounding (kept as upstream's) turns such an ulp into up to 3e-4 on some CPUs; a leak between rows
+    # would move logits by O(1)
+    torch.testing.assert_close(both[1:], second, atol=2e-3, rtol=0)
 
 
 def _dump(path: Path) -> dict[str, tuple[int, ...]]:

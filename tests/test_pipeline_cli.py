@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from scalestyle.cli import main
+from scalestyle.config import SamplingConfig
 from scalestyle.metadata import read_png_metadata
 from scalestyle.pipeline import Pipeline
 
@@ -18,17 +19,17 @@ def pipe(tiny_model_dir: Path) -> Pipeline:
 
 
 def test_pipeline_same_seed_same_image(pipe: Pipeline) -> None:
-    a = pipe("a star in neon style", seed=1)
-    b = pipe("a star in neon style", seed=1)
-    c = pipe("a star in neon style", seed=2)
+    a = pipe("a star in neon style", sampling=SamplingConfig(seed=1))
+    b = pipe("a star in neon style", sampling=SamplingConfig(seed=1))
+    c = pipe("a star in neon style", sampling=SamplingConfig(seed=2))
     assert a.images[0].mode == "RGB" and a.images[0].size == (64, 64)
     assert torch.equal(a.summed_codes_BdHW, b.summed_codes_BdHW)
     assert not torch.equal(a.summed_codes_BdHW, c.summed_codes_BdHW)
 
 
 def test_negative_prompt_changes_the_uncond_rows(pipe: Pipeline) -> None:
-    a = pipe("a star", seed=1)
-    b = pipe("a star", seed=1, negative_prompt="a circle")
+    a = pipe("a star", sampling=SamplingConfig(seed=1))
+    b = pipe("a star", sampling=SamplingConfig(seed=1), negative_prompt="a circle")
     assert not torch.equal(a.summed_codes_BdHW, b.summed_codes_BdHW)
 
 

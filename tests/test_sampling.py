@@ -3,20 +3,22 @@ from __future__ import annotations
 import torch
 
 from scalestyle.config import SamplingConfig
+from scalestyle.models.bsq_vae import BitwiseCodec, sample_bits
 from scalestyle.models.random_text import RandomTextEncoder
-from scalestyle.sampling import PathPlan, run_scales, sample_bits
+from scalestyle.sampling import PathPlan, run_scales
 from scalestyle.schedules import get_schedule
 from tests.helpers import tiny_transformer, tiny_vae
 
 SCHEDULE = get_schedule(1.0, "0.06M")
 TEXT = RandomTextEncoder(128, 32)
+CODEC = BitwiseCodec(8, patchify=False)
 
 
 def generate(seed: int, prompts: list[str], **plan_kw: object) -> torch.Tensor:
     model = tiny_transformer()
     plan = PathPlan("gen", TEXT.encode(prompts), **plan_kw)  # type: ignore[arg-type]
     with torch.no_grad():
-        return run_scales(model, [plan], SCHEDULE, SamplingConfig(seed=seed), patchify=False)["gen"]
+        return run_scales(model, CODEC, [plan], SCHEDULE, SamplingConfig(seed=seed))["gen"]
 
 
 def test_same_seed_same_image_other_seed_other_image() -> None:
@@ -30,7 +32,7 @@ def test_teacher_forced_bits_reproduce_the_encoded_summed_codes() -> None:
     img = torch.rand(1, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         enc = vae.encode_multiscale(img, SCHEDULE.grids)
-    summed = generate(0, ["a star"], given_bits=enc.bits)
+    summed = generate(0, ["a star"], given_tokens=enc.bits)
     torch.testing.assert_close(summed, enc.summed_codes_BdHW, atol=0, rtol=0)
 
 
@@ -42,11 +44,11 @@ def test_every_path_stopping_early_ends_the_run_with_the_same_first_scales() -> 
         with torch.no_grad():
             out = run_scales(
                 model,
+                CODEC,
                 [plan],
                 SCHEDULE,
                 SamplingConfig(seed=5),
-                patchify=False,
-                on_scale=lambda e, n=name: runs[n].append(e.bits[n]),
+                on_scale=lambda e, n=name: runs[n].append(e.tokens[n]),
             )
         assert out[name].shape[-2:] == (16, 16)
     assert len(runs["stopped"]) == 3 and len(runs["full"]) == SCHEDULE.num_scales

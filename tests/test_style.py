@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from scalestyle.attention import AttnSite, BatchLayout, sdpa
+from scalestyle.config import SamplingConfig
 from scalestyle.method.rules import CosBlend, From, Rule, RuleController
 from scalestyle.method.style import StyleConfig, StylePipeline
 from scalestyle.pipeline import Pipeline
@@ -37,7 +38,9 @@ def reference() -> Image.Image:
 def run(
     pipe: StylePipeline, ref: Image.Image | None, style: StyleConfig, seed: int = 0, **kw: object
 ) -> torch.Tensor:
-    out = pipe("a star", ref, style_prompt="neon style", style=style, seed=seed, **kw)  # type: ignore[arg-type]
+    out = pipe(
+        "a star", ref, style_prompt="neon style", style=style, sampling=SamplingConfig(seed=seed), **kw
+    )  # type: ignore[arg-type]
     return out.summed_codes_BdHW
 
 
@@ -93,10 +96,10 @@ def test_rules_leave_other_scales_cross_attention_and_plain_cfg_rows_alone() -> 
 
 def test_identity_controller_gives_the_bit_identical_image(style_pipe: StylePipeline) -> None:
     pipe = style_pipe.pipe
-    plain = pipe("a star in neon style", seed=3).summed_codes_BdHW
+    plain = pipe("a star in neon style", sampling=SamplingConfig(seed=3)).summed_codes_BdHW
     identity = Rule(frozenset(range(7)), "gen", From("gen"), (From("gen"),), (From("gen"),))
     with pipe.transformer.control.install(RuleController([identity])):
-        controlled = pipe("a star in neon style", seed=3).summed_codes_BdHW
+        controlled = pipe("a star in neon style", sampling=SamplingConfig(seed=3)).summed_codes_BdHW
     assert torch.equal(plain, controlled)
     assert pipe.transformer.control.controller is None  # restored
 
@@ -111,7 +114,7 @@ def test_control_slot_restores_after_an_error(style_pipe: StylePipeline) -> None
 def test_baseline_ablation_equals_plain_generation_of_the_generation_prompt(
     style_pipe: StylePipeline, reference: Image.Image
 ) -> None:
-    plain = style_pipe.pipe("a star in neon style", seed=5).summed_codes_BdHW
+    plain = style_pipe.pipe("a star in neon style", sampling=SamplingConfig(seed=5)).summed_codes_BdHW
     assert torch.equal(run(style_pipe, reference, StyleConfig.ablation("a"), seed=5), plain)
 
 
@@ -143,8 +146,10 @@ def test_feature_init_gives_the_generation_path_the_reference_bits(
     run(style_pipe, reference, StyleConfig(convention="B", fine_steps=(4, 5, 6)), on_scale=events.append)
     ref = style_pipe.reference_bits(reference, get_schedule(1.0, "0.06M"))
     for si in range(2):
-        assert torch.equal(events[si].bits["gen"], ref[si]) and torch.equal(events[si].bits["sty"], ref[si])
-    assert not torch.equal(events[2].bits["gen"], ref[2])
+        assert torch.equal(events[si].tokens["gen"], ref[si]) and torch.equal(
+            events[si].tokens["sty"], ref[si]
+        )
+    assert not torch.equal(events[2].tokens["gen"], ref[2])
 
 
 def test_pruning_is_bit_identical_and_drops_paths(style_pipe: StylePipeline, reference: Image.Image) -> None:

@@ -89,7 +89,7 @@ def test_token_weighting_is_the_plain_mean_and_scale_weighting_differs() -> None
     model, inputs, bits, text = teacher_batch(2)
     drop = torch.tensor([False, False])
     with torch.no_grad():
-        logits = model(inputs, model.condition(text), SCHEDULE)
+        logits = model(inputs, model.condition([text]), SCHEDULE)
         plain = torch.nn.functional.cross_entropy(logits.reshape(-1, 2), bits.flatten())
         token = BitObjective(model, SCHEDULE, "token")(inputs, bits, text, drop)["loss"]
         scale = BitObjective(model, SCHEDULE, "scale")(inputs, bits, text, drop)["loss"]
@@ -105,9 +105,7 @@ def test_prefix_rows_average_each_scale_over_the_rows_that_trained_it() -> None:
         got = objective(inputs, bits, text, drop)["loss"]
         # block-causal: the short forward's logits are the long forward's first scales, so one long
         # forward over every row gives the per-token losses to average by hand
-        cond = model.condition(
-            PackedText.concat([text.rows([0]), model.uncond_text((text.lens[1],)), text.rows([2, 3])])
-        )
+        cond = model.condition([text.rows([0]), model.uncond_text((text.lens[1],)), text.rows([2, 3])])
         logits = model(inputs, cond, SCHEDULE).reshape(4, SCHEDULE.total_tokens, -1, 2)
         ce_BL = torch.nn.functional.cross_entropy(logits.permute(0, 3, 1, 2), bits, reduction="none").mean(-1)
     weights, n_short = scale_loss_weights(SCHEDULE, "scale"), sum(SCHEDULE.tokens_per_scale[:3])

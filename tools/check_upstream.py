@@ -60,10 +60,11 @@ import importlib.util
 import io
 import math
 import sys
+import tempfile
 import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +74,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import scalestyle.attention as attention
-from scalestyle.config import BSQVAEConfig, InfinityConfig, SamplingConfig, get_preset
+from scalestyle.config import BSQVAEConfig, InfinityConfig, SamplingConfig, VARPreset, get_preset
 from scalestyle.images import to_pil
-from scalestyle.models.bsq_vae import BSQVAE, bits_to_codes, next_scale_input, upsample_codes
+from scalestyle.models.bsq_vae import BSQVAE, BitwiseCodec, bits_to_codes, next_scale_input, upsample_codes
 from scalestyle.models.infinity import Infinity
 from scalestyle.models.text_encoder import PackedText
+from scalestyle.models.var import VAR, ClassLabels
+from scalestyle.models.vqvae import VQVAE, IndexCodec
 from scalestyle.sampling import PathPlan, ScaleEvent, run_scales
 from scalestyle.schedules import ASPECT_TEMPLATES, PN_NUM_SCALES, Schedule, get_schedule
+from scalestyle.weights import load_var_weights, load_vqvae_weights, read_state_dict
 
 PN = "0.06M"
 VAE_CFG = BSQVAEConfig(codebook_dim=8, patch_size=4, ch_mult=(1, 1, 2))
@@ -518,7 +522,7 @@ def compare_text(table: Table, m: Models, text: PackedText, name: str) -> None:
     ca_kv = upm.text_proj_for_ca(kv)
     gss = upm.shared_ada_lin(cond)
     head_ss = upm.head_nm.ada_lin(cond).view(-1, 1, 2, ours.cfg.width)
-    mine = ours.condition(text)
+    mine = ours.condition([text])
     table.add(
         name,
         Cell(maxdiff(cond, mine.cond_BC), TEXT_ATOL),
@@ -543,7 +547,7 @@ def compare_forward(table: Table, m: Models, text: PackedText, schedule: Schedul
 
     def both() -> tuple[torch.Tensor, torch.Tensor]:
         ref = m.upm(label_tuple(text), inputs_BLD.clone(), grids)
-        return ref, m.ours(inputs_BLD, m.ours.condition(text), schedule)
+        return ref, m.ours(inputs_BLD, m.ours.condition([text]), schedule)
 
     bf16 = both()
     with m.up.fp32_cross_attention():
@@ -659,16 +663,17 @@ def run_ours(
     decode: bool = True,
 ) -> Trace:
     sampling = SamplingConfig(cfg=case.cfg, tau=case.tau, top_k=TOP_K, top_p=TOP_P, seed=case.seed)
-    plan = PathPlan("gen", text, given_bits=tuple(given), uncond=neg)
+    plan = PathPlan("gen", text, given_tokens=tuple(given), uncond=neg)
     p = m.patchified if case.patchify else m.plain
     trace = Trace()
 
     def on_scale(event: ScaleEvent) -> None:
-        trace.bits.append(event.bits["gen"].clone())
+        trace.bits.append(event.tokens["gen"].clone())
 
     with _recording(m.ours, "logits", trace.logits, lambda out, *a: out):
         schedule = get_schedule(case.h_div_w, PN)
-        summed = run_scales(m.ours, [plan], schedule, sampling, patchify=p.patchify, on_scale=on_scale)["gen"]
+        codec = BitwiseCodec(m.ours.cfg.bits, p.patchify)
+        summed = run_scales(m.ours, codec, [plan], schedule, sampling, on_scale=on_scale)["gen"]
     trace.summed = summed
     if decode:
         trace.image = np.stack([np.asarray(to_pil(im)) for im in p.vae.decode(summed)])
@@ -752,18 +757,406 @@ GEN_CASES = (
 )
 
 
+# ---- VAR (FoundationVision/VAR) -----------------------------------------------------------------------
+#
+# Upstream's VAR runs unmodified on the CPU (spec §5.5): ``models.VQVAE`` and ``models.VAR`` are built
+# directly with `build_vae_var`'s arguments at the "var-tiny" size (not through `build_vae_var`, which
+# disables ``reset_parameters`` process-wide), given random weights far from the training init, saved with
+# ``torch.save(state_dict)`` as upstream's released files are, and loaded into ours (built on the meta device)
+# through ``scalestyle.weights``. Ours generates through ``run_scales`` with the index codec; upstream through
+# ``autoregressive_infer_cfg`` with the same seed. Everything is compared exactly.
+
+VAR_PRESET = "var-tiny"
+
+
+@dataclass(frozen=True)
+class VarUpstream:
+    vqvae_cls: type
+    var_cls: type
+    var_module: types.ModuleType  # models.var: its ``sample_with_top_k_top_p_`` is where tokens are drawn
+
+
+def import_upstream_var(root: Path) -> VarUpstream:
+    if not (root / "models" / "var.py").is_file():
+        raise SystemExit(f"{root} is not a FoundationVision/VAR checkout (no models/var.py)")
+    sys.path.insert(0, str(root))
+    with contextlib.redirect_stdout(io.StringIO()):
+        var_mod = importlib.import_module("models.var")
+        vqvae_mod = importlib.import_module("models.vqvae")
+    return VarUpstream(vqvae_mod.VQVAE, var_mod.VAR, var_mod)
+
+
+def build_upstream_var(up: VarUpstream, preset: VARPreset) -> tuple[nn.Module, nn.Module]:
+    """(VQVAE, VAR) with `build_vae_var`'s arguments at ``preset``'s size (``cond_drop_rate`` 0: upstream's
+    ``forward`` drops labels at random otherwise)."""
+    t, v = preset.transformer, preset.vae
+    with contextlib.redirect_stdout(io.StringIO()):
+        vae = up.vqvae_cls(
+            vocab_size=v.vocab_size,
+            z_channels=v.z_channels,
+            ch=v.ch,
+            test_mode=True,
+            share_quant_resi=v.share_quant_resi,
+            v_patch_nums=t.patch_nums,
+        )
+        var = up.var_cls(
+            vae_local=vae,
+            num_classes=t.num_classes,
+            depth=t.depth,
+            embed_dim=t.width,
+            num_heads=t.heads,
+            drop_rate=0.0,
+            attn_drop_rate=0.0,
+            drop_path_rate=0.1 * t.depth / 24,
+            norm_eps=t.norm_eps,
+            shared_aln=t.shared_aln,
+            cond_drop_rate=0.0,
+            attn_l2_norm=t.attn_l2_norm,
+            patch_nums=t.patch_nums,
+        )
+        var.init_weights(init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1)
+    return vae.eval(), var.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def randomize_var_(model: nn.Module, seed: int) -> None:
+    """Weights far from upstream's init: AdaLN (per-block, shared and ada_gss) and the head large enough that
+    gates and logits matter, embeddings at std 0.5-1, one attention log-scale above its clamp."""
+    g = torch.Generator().manual_seed(seed)
+
+    def normal(shape: torch.Size, std: float) -> torch.Tensor:
+        return torch.randn(shape, generator=g) * std
+
+    for name, p in sorted(model.named_parameters()):
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "ada_gss":
+            p.copy_(normal(p.shape, 0.5))
+        elif leaf == "scale_mul_1H11":
+            p.copy_(math.log(4.0) + normal(p.shape, 0.3))
+            p.view(-1)[0] = 5.0  # above log(100): exercises the clamp
+        elif name.startswith("class_emb."):
+            p.copy_(normal(p.shape, 1.0))
+        elif leaf in ("pos_start", "pos_1LC") or name.startswith("lvl_embed."):
+            p.copy_(normal(p.shape, 0.5))
+        elif name == "head.weight":
+            p.copy_(normal(p.shape, 0.2))
+        elif p.ndim >= 2:
+            p.copy_(normal(p.shape, 1.0 / math.sqrt(p.shape[-1])))
+        else:
+            p.copy_(normal(p.shape, 0.1))
+
+
+def _saved_and_loaded(
+    module: nn.Module, build: Callable[[], nn.Module], load: Callable[..., None], folder: Path, name: str
+) -> nn.Module:
+    """``module`` saved as upstream saves its weights, read back and loaded strictly into ``build()`` on
+    the meta device."""
+    path = folder / name
+    torch.save(module.state_dict(), path)
+    with torch.device("meta"):
+        ours = build()
+    load(ours, read_state_dict(path), source=str(path))
+    return ours.eval().requires_grad_(False)
+
+
+@dataclass
+class VarModels:
+    up: VarUpstream
+    up_vae: nn.Module
+    up_var: nn.Module
+    vae: VQVAE
+    var: VAR
+
+
+def var_images(batch: int, seed: int) -> torch.Tensor:
+    """Half noise, half smooth colour ramps: the quantizer sees both rough and smooth residuals."""
+    g = torch.Generator().manual_seed(seed)
+    size = get_preset(VAR_PRESET, VARPreset).image_size
+    noise = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
+    ramp = torch.linspace(-1, 1, size)
+    smooth = torch.stack(
+        (ramp[None, :].expand(size, -1), ramp[:, None].expand(-1, size), -ramp[None, :] * ramp[:, None])
+    )
+    mix = torch.rand(batch, 1, 1, 1, generator=g)
+    return torch.where(torch.arange(batch)[:, None, None, None] % 2 == 0, noise, smooth * mix)
+
+
+@torch.no_grad()
+def compare_vqvae(table: Table, m: VarModels, img: torch.Tensor, name: str) -> None:
+    schedule = m.var.schedule
+    up_idx = m.up_vae.img_to_idxBl(img)
+    idx = m.vae.encode_indices(img, schedule)
+    bad = sum(int((a.flatten() != b.flatten()).sum()) for a, b in zip(up_idx, idx, strict=True))
+    total = sum(a.numel() for a in up_idx)
+    used = len({int(i) for t in idx for i in t.flatten()})
+    up_rec = m.up_vae.img_to_reconstructed_img(img, last_one=True)
+    up_dec = m.up_vae.idxBl_to_img(up_idx, same_shape=True, last_one=True)
+    up_inputs = m.up_vae.quantize.idxBl_to_var_input(up_idx)
+    table.add(
+        name,
+        Cell(bad, 0, total=total),
+        Cell(used, None),
+        Cell(maxdiff(up_rec, m.vae.reconstruct(img, schedule)), 0.0),
+        Cell(maxdiff(up_dec, m.vae.decode_indices(idx, schedule)), 0.0),
+        Cell(maxdiff(up_inputs, m.vae.teacher_inputs(idx, schedule)), 0.0),
+    )
+
+
+@torch.no_grad()
+def compare_var_forward(table: Table, m: VarModels, labels: list[int], seed: int, name: str) -> None:
+    img = var_images(len(labels), seed)
+    idx = m.up_vae.img_to_idxBl(img)
+    inputs = m.up_vae.quantize.idxBl_to_var_input(idx)
+    label_B = torch.tensor(labels)
+    ref = m.up_var(label_B, inputs.clone())
+    mine = m.var(inputs, m.var.condition([ClassLabels(label_B)]), m.var.schedule)
+    table.add(name, Cell(maxdiff(ref, mine), 0.0), Cell(ref.abs().max().item(), None))
+
+
+@dataclass(frozen=True)
+class VarCase:
+    name: str
+    labels: tuple[int, ...]
+    cfg: float
+    top_k: int
+    top_p: float
+    more_smooth: bool = False
+    seed: int = 0
+
+
+@contextlib.contextmanager
+def _recording_function(
+    module: types.ModuleType, name: str, store: list[Any], pick: Callable[..., Any]
+) -> Iterator[None]:
+    """Shadow the module-level function ``name`` (looked up as a global by its callers)."""
+    real = getattr(module, name)
+
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        store.append(pick(out).detach().clone())
+        return out
+
+    setattr(module, name, inner)
+    try:
+        yield
+    finally:
+        setattr(module, name, real)
+
+
+@torch.no_grad()
+def run_upstream_var(m: VarModels, case: VarCase, upm: nn.Module, up_vae: nn.Module) -> Trace:
+    trace, f_hat = Trace(), []
+    grids = m.var.schedule.grids
+
+    def tokens(idx_Bl1: torch.Tensor) -> torch.Tensor:
+        h, w = grids[len(trace.bits)]
+        return idx_Bl1[:, :, 0].reshape(-1, h, w)
+
+    with (
+        _recording(upm, "get_logits", trace.logits, lambda out, *a: out),
+        _recording_function(m.up.var_module, "sample_with_top_k_top_p_", trace.bits, tokens),
+        _recording(up_vae, "fhat_to_img", f_hat, lambda out, f, *a: f),
+    ):
+        img = upm.autoregressive_infer_cfg(
+            B=len(case.labels),
+            label_B=torch.tensor(case.labels),
+            g_seed=case.seed,
+            cfg=case.cfg,
+            top_k=case.top_k,
+            top_p=case.top_p,
+            more_smooth=case.more_smooth,
+        )
+    trace.summed = f_hat[0]
+    trace.image = img.numpy()
+    return trace
+
+
+@torch.no_grad()
+def run_ours_var(m: VarModels, case: VarCase, model: VAR, vae: VQVAE) -> Trace:
+    sampling = SamplingConfig(
+        cfg=case.cfg, top_k=case.top_k, top_p=case.top_p, seed=case.seed, more_smooth=case.more_smooth
+    )
+    trace = Trace()
+
+    def on_scale(event: ScaleEvent) -> None:
+        trace.bits.append(event.tokens["gen"].clone())
+
+    plan = PathPlan("gen", ClassLabels(torch.tensor(case.labels)))
+    with _recording(model, "logits", trace.logits, lambda out, *a: out):
+        f_hat = run_scales(model, IndexCodec(vae), [plan], model.schedule, sampling, on_scale=on_scale)["gen"]
+    trace.summed = f_hat
+    trace.image = vae.decode_fhat(f_hat).add(1).mul(0.5).numpy()
+    return trace
+
+
+def compare_var_generation(
+    table: Table, m: VarModels, case: VarCase, shared: tuple[nn.Module, VAR] | None
+) -> None:
+    upm, model = (m.up_var, m.var) if shared is None else shared
+    ref = run_upstream_var(m, case, upm, m.up_vae)
+    mine = run_ours_var(m, case, model, m.vae)
+    B = len(case.labels)
+    # without CFG ours computes no unconditional rows (the ramp at cfg 0 is the conditional logits);
+    # upstream always runs them: compare the conditional rows
+    rows = slice(None) if case.cfg != 0 else slice(0, B)
+    pairs = []
+    for k, (a, b) in enumerate(zip(ref.logits, mine.logits, strict=False)):
+        pairs.append((a[rows], b))
+        if not torch.equal(ref.bits[k], mine.bits[k]):
+            break
+    bad = sum(
+        int((a != b).sum()) if a.shape == b.shape else a.numel()
+        for a, b in zip(ref.bits, mine.bits, strict=True)
+    )
+    assert ref.image is not None and mine.image is not None and ref.summed is not None
+    px_bad = int((_uint8(ref.image) != _uint8(mine.image)).sum())
+    table.add(
+        case.name,
+        Cell(_logit_diff(pairs), 0.0),
+        Cell(_logit_scale(pairs), None),
+        Cell(bad, 0, total=sum(a.numel() for a in ref.bits)),
+        Cell(maxdiff(ref.summed, mine.summed), 0.0),
+        Cell(maxdiff(torch.from_numpy(ref.image), torch.from_numpy(mine.image)), 0.0),
+        Cell(px_bad, 0, total=ref.image.size),
+    )
+
+
+def _uint8(img_B3PP: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(img_B3PP, 0, 1) * 255).astype(np.uint8)
+
+
+VAR_CASES = (
+    VarCase("cfg 1.5, no top-k, top-p 1, B=2", (3, 999), cfg=1.5, top_k=0, top_p=1.0),
+    VarCase("cfg 4, top-k 20, top-p 0.95, B=2", (207, 1000), cfg=4.0, top_k=20, top_p=0.95, seed=1),
+    VarCase("cfg 0 (no CFG rows), top-k 30, top-p 0.96, B=1", (88,), cfg=0.0, top_k=30, top_p=0.96, seed=2),
+    VarCase(
+        "cfg 3, top-k 40, top-p 0.95, more_smooth, B=2",
+        (1, 2),
+        cfg=3.0,
+        top_k=40,
+        top_p=0.95,
+        more_smooth=True,
+        seed=3,
+    ),
+    VarCase("cfg 1.5, top-k 64 (= V), top-p 0.5, B=3", (10, 20, 30), cfg=1.5, top_k=64, top_p=0.5, seed=4),
+)
+SHARED_CASES = (
+    VarCase("shared AdaLN: cfg 1.5, top-k 10, top-p 0.9, B=2", (5, 6), cfg=1.5, top_k=10, top_p=0.9, seed=5),
+    VarCase(
+        "shared AdaLN: cfg 3, more_smooth, B=2",
+        (7, 1000),
+        cfg=3.0,
+        top_k=50,
+        top_p=0.97,
+        more_smooth=True,
+        seed=6,
+    ),
+)
+
+
+def var_tables(root: Path, seed: int) -> list[Table]:
+    """Every VAR comparison against the checkout at ``root``."""
+    up = import_upstream_var(root)
+    preset = get_preset(VAR_PRESET, VARPreset)
+    shared_preset = replace(preset, transformer=replace(preset.transformer, shared_aln=True))
+    torch.manual_seed(seed)
+    up_vae, up_var = build_upstream_var(up, preset)
+    _, up_shared = build_upstream_var(up, shared_preset)
+    randomize_var_(up_var, seed)
+    randomize_var_(up_shared, seed + 1)
+    with torch.no_grad():
+        for name, p in up_vae.named_parameters():
+            if ".norm" in name:  # GroupNorm affines away from 1 and 0, so that they matter
+                p.add_(torch.randn(p.shape) * 0.1)
+    up_shared.vae_proxy = (up_vae,)
+    up_shared.vae_quant_proxy = (up_vae.quantize,)
+
+    weights = Table(
+        "VAR weights (saved as upstream saves them, loaded on meta by scalestyle.weights)", ["count"]
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        vae = _saved_and_loaded(up_vae, lambda: VQVAE(preset.vae), load_vqvae_weights, folder, "vae.pth")
+        var = _saved_and_loaded(up_var, lambda: VAR(preset.transformer), load_var_weights, folder, "var.pth")
+        shared = _saved_and_loaded(
+            up_shared, lambda: VAR(shared_preset.transformer), load_var_weights, folder, "var_shared.pth"
+        )
+    assert isinstance(vae, VQVAE) and isinstance(var, VAR) and isinstance(shared, VAR)
+    for label, a, b in (
+        ("VQ-VAE", up_vae, vae),
+        ("VAR", up_var, var),
+        ("VAR shared AdaLN", up_shared, shared),
+    ):
+        up_sd, our_sd = a.state_dict(), b.state_dict()
+        weights.add(f"{label}: keys only upstream has", Cell(len(set(up_sd) - set(our_sd))))
+        weights.add(f"{label}: keys only ours has", Cell(len(set(our_sd) - set(up_sd))))
+        common = set(up_sd) & set(our_sd)
+        weights.add(
+            f"{label}: tensors differing", Cell(sum(not torch.equal(up_sd[k], our_sd[k]) for k in common))
+        )
+    m = VarModels(up, up_vae, up_var, vae, var)
+
+    vq = Table(
+        "VQ-VAE, 2 images (max |d|)",
+        ["indices differing", "codes used", "reconstruction", "decode from indices", "teacher inputs"],
+    )
+    for i in range(3):
+        compare_vqvae(vq, m, var_images(2, seed=40 + i), f"images seed {40 + i}")
+
+    forward = Table("VAR teacher-forced forward logits (max |d|)", ["logits", "max |logit|"])
+    compare_var_forward(forward, m, [3, 1000], 50, "per-block AdaLN, labels 3, null")
+    shared_m = VarModels(up, up_vae, up_shared, vae, shared)
+    compare_var_forward(forward, shared_m, [17, 400, 999], 51, "shared AdaLN (d36 layout), B=3")
+
+    gen = Table(
+        "VAR KV-cached generation (upstream autoregressive_infer_cfg vs run_scales + IndexCodec)",
+        ["logits", "max |logit|", "indices differing", "f_hat", "image max |d|", "uint8 pixels differing"],
+    )
+    for case in VAR_CASES:
+        compare_var_generation(gen, m, case, None)
+    for case in SHARED_CASES:
+        compare_var_generation(gen, m, case, (up_shared, shared))
+    return [weights, vq, forward, gen]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Compare scalestyle's Infinity with upstream's on CPU.")
-    parser.add_argument("--upstream", type=Path, required=True, help="a FoundationVision/Infinity checkout")
+    parser = argparse.ArgumentParser(
+        description="Compare scalestyle's Infinity and VAR with upstream's on CPU."
+    )
+    parser.add_argument("--upstream", type=Path, help="a FoundationVision/Infinity checkout")
+    parser.add_argument("--upstream-var", type=Path, help="a FoundationVision/VAR checkout")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args(argv)
+    if args.upstream is None and args.upstream_var is None:
+        parser.error("give --upstream (Infinity), --upstream-var (VAR) or both")
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)  # upstream's torch.cuda.amp.autocast calls
     warnings.filterwarnings("ignore", message=".*CUDA is not available.*")
 
-    up = import_upstream(args.upstream.resolve())
+    tables: list[Table] = []
+    if args.upstream is not None:
+        tables += infinity_tables(args.upstream.resolve(), args.seed)
+    if args.upstream_var is not None:
+        tables += var_tables(args.upstream_var.resolve(), args.seed)
+    for t in tables:
+        t.print()
+    failures = sum(t.failures for t in tables)
+    if args.upstream is not None:
+        print(
+            f"\nlogit tolerances x max |logit|: {BF16_RTOL:g} (bf16 CA), {FP32_RTOL:g} (fp32 CA); exact: "
+            "logits with upstream's varlen attention in our kernel's float order, bits, summed codes, pixels"
+        )
+    if args.upstream_var is not None:
+        print("\nVAR: every comparison exact (indices, logits, f_hat, images)")
+    print("all checks pass" if not failures else f"{failures} checks FAIL")
+    return 1 if failures else 0
+
+
+def infinity_tables(root: Path, seed: int) -> list[Table]:
+    """Every Infinity comparison against the checkout at ``root``."""
+    up = import_upstream(root)
     cfg = get_preset("tiny").transformer
     for vae_cfg in (VAE_CFG, VAE_PATCHIFY_CFG):
         if cfg.bits != vae_cfg.bits_per_token:
@@ -771,17 +1164,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"tiny preset bits {cfg.bits} != bits per token {vae_cfg.bits_per_token} of {vae_cfg}"
             )
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     pipes = []
     for vae_cfg in (VAE_CFG, VAE_PATCHIFY_CFG):
         vae = BSQVAE(vae_cfg).eval().requires_grad_(False)
-        randomize_vae_(vae, args.seed)
+        randomize_vae_(vae, seed)
         up_vae = build_upstream_vae(up, vae_cfg)
         up_vae.load_state_dict(vae.state_dict(), strict=True)
         upm = build_upstream_infinity(up, cfg, up_vae, patchify=vae_cfg.spatial_patchify)
         pipes.append(Pipeline(upm, up_vae, vae))
     upm = pipes[0].upm
-    randomize_(upm, args.seed)
+    randomize_(upm, seed)
     pipes[1].upm.load_state_dict(upm.state_dict(), strict=True)
     ours = Infinity(cfg).eval()
 
@@ -841,16 +1234,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, case in enumerate(GEN_CASES):
         compare_generation(gen, m, case, seed=i)
 
-    tables = (weights, schedules, text, forward, gen)
-    for t in tables:
-        t.print()
-    failures = sum(t.failures for t in tables)
-    print(
-        f"\nlogit tolerances x max |logit|: {BF16_RTOL:g} (bf16 CA), {FP32_RTOL:g} (fp32 CA); exact: logits"
-        " with upstream's varlen attention in our kernel's float order, bits, summed codes, pixels"
-    )
-    print("all checks pass" if not failures else f"{failures} checks FAIL")
-    return 1 if failures else 0
+    return [weights, schedules, text, forward, gen]
 
 
 if __name__ == "__main__":

@@ -7,17 +7,24 @@ in fp32 runs: we mirror that rounding, because removing it flips sampled bits (s
 
 The control seam: every attention call hands its final q, k, v (normalised, RoPE applied, joined with
 the cache) to the installed controller together with an explicit :class:`AttnSite` (layer, scale, self or
-cross, and the batch layout naming which rows belong to which path and which are CFG rows) and the
-kernel. With no controller installed the kernel is called directly. Controllers never write into the
-KV cache: the cache always holds the keys and values the model itself computed.
+cross, the batch layout naming which rows belong to which path and which are CFG rows, and in the
+teacher-forced forward the scale of every query token) and the kernel, through :meth:`ControlSlot.attend`,
+the one place that dispatches. With no controller installed the kernel is called directly. Controllers
+never write into the KV cache: the cache always holds the keys and values the model itself computed. A
+controller that is an ``nn.Module`` (a trained adapter) is registered on the model while installed, so its
+weights follow ``state_dict``, ``.to()`` and dtype casts.
+
+VAR's self-attention (`models/basic_var.py::SelfAttention`) is the same module without RoPE; with
+``attn_l2_norm=False`` it is plain attention at scale ``0.25 / sqrt(c)`` and has no learned scale.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import torch
@@ -77,12 +84,18 @@ class BatchLayout:
 @dataclass(frozen=True)
 class AttnSite:
     """Where an attention call happens. ``scale`` is the 0-based scale index (0 = the start token), or
-    None in the teacher-forced forward over all scales at once."""
+    None in the teacher-forced forward over all scales at once, where ``query_scales_L`` gives the scale
+    of every query token instead (so a rule or an adapter can act per scale in training too)."""
 
     layer: int
     scale: int | None
     kind: Literal["self", "cross"]
     layout: BatchLayout
+    query_scales_L: torch.Tensor | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if (self.scale is None) == (self.query_scales_L is None):
+            raise ValueError("an attention site names either its scale or the scale of each query token")
 
 
 class AttentionController(Protocol):
@@ -103,19 +116,51 @@ class AttentionController(Protocol):
     ) -> torch.Tensor: ...
 
 
-class ControlSlot:
-    """Holds the installed controller of one model; installing is a context manager that always restores."""
+CONTROLLER_NAME = "controller"
 
-    def __init__(self) -> None:
+
+class ControlSlot:
+    """Holds the installed controller of one model; installing is a context manager that always restores.
+
+    A controller that is an ``nn.Module`` is registered on ``host`` as its child ``controller`` while it
+    is installed. The slot keeps only a weak reference to its host: the host owns the slot."""
+
+    def __init__(self, host: nn.Module) -> None:
+        self._host = weakref.ref(host)
         self.controller: AttentionController | None = None
 
     @contextmanager
     def install(self, controller: AttentionController | None) -> Iterator[None]:
-        previous, self.controller = self.controller, controller
+        previous = self.controller
+        self._set(controller)
         try:
             yield
         finally:
-            self.controller = previous
+            self._set(previous)
+
+    def _set(self, controller: AttentionController | None) -> None:
+        host = self._host()
+        if host is None:
+            raise RuntimeError("the model owning this control slot no longer exists")
+        if CONTROLLER_NAME in host._modules:
+            del host._modules[CONTROLLER_NAME]
+        if isinstance(controller, nn.Module):
+            host.add_module(CONTROLLER_NAME, controller)
+        self.controller = controller
+
+    def attend(
+        self,
+        site: AttnSite,
+        q_BHLc: torch.Tensor,
+        k_BHKc: torch.Tensor,
+        v_BHKc: torch.Tensor,
+        bias: torch.Tensor | None,
+        kernel: AttendFn,
+    ) -> torch.Tensor:
+        """The one dispatch of every attention call: the kernel itself, or the installed controller."""
+        if self.controller is None:
+            return kernel(q_BHLc, k_BHKc, v_BHKc, bias)
+        return self.controller(site, q_BHLc, k_BHKc, v_BHKc, bias, kernel)
 
 
 class KVCache:
@@ -153,6 +198,17 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor |
     )
 
 
+def scaled_sdpa(scale: float) -> AttendFn:
+    """The self-attention kernel of plain (not cosine) attention, softmax scale ``scale``."""
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None if bias is None else bias.to(q.dtype), scale=scale
+        )
+
+    return attend
+
+
 def bf16_rounded_attend(scale: float) -> AttendFn:
     """The cross-attention kernel: inputs and output rounded to bf16 as flash-attn varlen does upstream;
     the softmax itself accumulates in fp32, as flash-attn does."""
@@ -185,47 +241,58 @@ def apply_rope(t_BHLc: torch.Tensor, cos_L1: torch.Tensor, sin_L1: torch.Tensor)
 
 
 class SelfAttention(nn.Module):
-    """Cosine self-attention with per-head scale and RoPE-2D (keys as upstream `SelfAttention`)."""
+    """Cosine self-attention with per-head scale, RoPE-2D when given (keys as upstream `SelfAttention`).
+
+    ``l2_norm=False`` is VAR's ``attn_l2_norm=False``: no normalisation, no learned scale, softmax scale
+    ``0.25 / sqrt(c)``."""
 
     zero_k_bias: torch.Tensor
 
-    def __init__(self, width: int, heads: int, layer: int, slot: ControlSlot) -> None:
+    def __init__(
+        self, width: int, heads: int, layer: int, slot: ControlSlot, *, l2_norm: bool = True
+    ) -> None:
         super().__init__()
         self.heads, self.head_dim, self.layer, self.slot = heads, width // heads, layer, slot
         self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(width))
         self.v_bias = nn.Parameter(torch.zeros(width))
         self.register_buffer("zero_k_bias", torch.zeros(width))
-        # upstream initialises the learned log-scale to log(4) and clamps it at log(100) in float32
-        self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
+        self.l2_norm = l2_norm
+        self.kernel: AttendFn
+        if l2_norm:
+            # upstream initialises the learned log-scale to log(4) and clamps it at log(100) in float32
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
+            self.kernel = sdpa
+        else:
+            self.kernel = scaled_sdpa(0.25 / math.sqrt(self.head_dim))
         self.proj = nn.Linear(width, width)
 
     def forward(
         self,
         x_BLC: torch.Tensor,
-        rope_cos_sin: tuple[torch.Tensor, torch.Tensor],
+        rope_cos_sin: tuple[torch.Tensor, torch.Tensor] | None,
         *,
         scale: int | None,
         layout: BatchLayout,
         cache: KVCache | None = None,
         bias: torch.Tensor | None = None,
+        query_scales_L: torch.Tensor | None = None,
     ) -> torch.Tensor:
         qkv_bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv = F.linear(x_BLC, self.mat_qkv.weight, qkv_bias)
         q, k, v = rearrange(qkv, "b l (three h c) -> three b h l c", three=3, h=self.heads).unbind(0)
-        log_scale = self.scale_mul_1H11.clamp(max=MAX_LOG_SCALE).exp()
-        q = F.normalize(q, dim=-1, eps=1e-12).mul(log_scale)
-        k = F.normalize(k, dim=-1, eps=1e-12)
-        cos, sin = rope_cos_sin
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.l2_norm:
+            log_scale = self.scale_mul_1H11.clamp(max=MAX_LOG_SCALE).exp()
+            q = F.normalize(q, dim=-1, eps=1e-12).mul(log_scale)
+            k = F.normalize(k, dim=-1, eps=1e-12)
+        if rope_cos_sin is not None:
+            cos, sin = rope_cos_sin
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.append(self.layer, k, v)
         q, k, v = q.to(v.dtype), k.to(v.dtype), v
-        controller = self.slot.controller
-        if controller is None:
-            o = sdpa(q, k, v, bias)
-        else:
-            o = controller(AttnSite(self.layer, scale, "self", layout), q, k, v, bias, sdpa)
+        site = AttnSite(self.layer, scale, "self", layout, query_scales_L)
+        o = self.slot.attend(site, q, k, v, bias, self.kernel)
         return self.proj(rearrange(o, "b h l c -> b l (h c)"))
 
 
@@ -288,19 +355,21 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(width, width)
 
     def forward(
-        self, x_BLC: torch.Tensor, memory: TextMemory, *, scale: int | None, layout: BatchLayout
+        self,
+        x_BLC: torch.Tensor,
+        memory: TextMemory,
+        *,
+        scale: int | None,
+        layout: BatchLayout,
+        query_scales_L: torch.Tensor | None = None,
     ) -> torch.Tensor:
         q = rearrange(self.mat_q(x_BLC), "b l (h c) -> b h l c", h=self.heads)
         kv = F.linear(memory.kv_NC, self.mat_kv.weight, torch.cat((self.zero_k_bias, self.v_bias)))
         kv_BTC = pad_rows(kv, memory.lens)
         k, v = rearrange(kv_BTC, "b t (two h c) -> two b h t c", two=2, h=self.heads).unbind(0)
         attend = bf16_rounded_attend(1.0 / math.sqrt(self.head_dim))
-        controller = self.slot.controller
-        if controller is None:
-            o = attend(q, k, v, memory.bias_B11T)
-        else:
-            site = AttnSite(self.layer, scale, "cross", layout)
-            o = controller(site, q, k, v, memory.bias_B11T, attend)
+        site = AttnSite(self.layer, scale, "cross", layout, query_scales_L)
+        o = self.slot.attend(site, q, k, v, memory.bias_B11T, attend)
         return self.proj(rearrange(o, "b h l c -> b l (h c)").to(x_BLC.dtype))
 
 

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from scalestyle import __version__
+from scalestyle.config import SamplingConfig
 from scalestyle.pipeline import Pipeline
 from scalestyle.records import source_commit
 
@@ -80,7 +81,10 @@ def bench_generate(
         torch.cuda.reset_peak_memory_stats(device)
     schedule = pipe.schedule_for(pn=pn)
     times = time_runs(
-        lambda: pipe([prompt] * batch, cfg=cfg, pn=pn, seed=0), device, runs=runs, warmup=warmup
+        lambda: pipe([prompt] * batch, sampling=SamplingConfig(cfg=cfg, pn=pn)),
+        device,
+        runs=runs,
+        warmup=warmup,
     )
     median = statistics.median(times)
     side = [s * pipe.preset.vae.stride for s in schedule.last_grid]
@@ -126,10 +130,11 @@ def bench_stylize(
     device = pipe.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    plain = time_runs(lambda: pipe(gen_prompt, cfg=cfg, pn=pn, seed=0), device, runs=runs, warmup=warmup)
+    sampling = SamplingConfig(cfg=cfg, pn=pn)
+    plain = time_runs(lambda: pipe(gen_prompt, sampling=sampling), device, runs=runs, warmup=warmup)
     plain_peak = _peak_memory_mb(device)
     stylized = time_runs(
-        lambda: styler(prompt, ref, style_prompt=style_prompt, style=style, cfg=cfg, pn=pn, seed=0),
+        lambda: styler(prompt, ref, style_prompt=style_prompt, style=style, sampling=sampling),
         device,
         runs=runs,
         warmup=warmup,

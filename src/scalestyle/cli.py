@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from scalestyle.config import SamplingConfig
 from scalestyle.schedules import PN_NUM_SCALES, parse_aspect
 
 if TYPE_CHECKING:
@@ -101,6 +102,19 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _sampling(args: argparse.Namespace, h_div_w: float) -> SamplingConfig:
+    """The sampling flags as one config (the names of the flags are the config's fields)."""
+    return SamplingConfig(
+        cfg=args.cfg,
+        tau=args.tau,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        h_div_w=h_div_w,
+        pn=args.pn,
+    )
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from scalestyle.metadata import write_png
     from scalestyle.pipeline import Pipeline
@@ -113,14 +127,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     schedule = pipe.schedule_for(h_div_w=h_div_w, pn=args.pn)
     result = pipe(
         args.prompt,
+        sampling=_sampling(args, h_div_w),
         negative_prompt=args.negative_prompt,
-        seed=args.seed,
-        cfg=args.cfg,
-        tau=args.tau,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        h_div_w=h_div_w,
-        pn=args.pn,
         on_scale=_progress(schedule.num_scales, "generate", not args.quiet),
     )
     write_png(result.images[0], out, result.metadata[0])
@@ -214,13 +222,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
             img,
             style_prompt=args.style_prompt,
             style=style_cfg,
-            seed=args.seed,
-            cfg=args.cfg,
-            tau=args.tau,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            h_div_w=h_div_w,
-            pn=args.pn,
+            sampling=_sampling(args, h_div_w),
             on_scale=_progress(schedule.num_scales, "scales", show and len(todo) == 1),
         )
         write_png(result.images[0], out, {**result.metadata[0], "style_file": str(ref) if ref else ""})
@@ -384,7 +386,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         scale_of,
     )
     from scalestyle.analysis.scorers import Scorer, clip_scorer, world_scorers
-    from scalestyle.config import SamplingConfig
     from scalestyle.pipeline import Pipeline, bundled_demo_dir, default_home
 
     pairs = _analysis_pairs(args)
@@ -478,7 +479,6 @@ def _model_folder(model: str | None) -> Path:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from scalestyle.config import SamplingConfig
     from scalestyle.eval import protocols
     from scalestyle.eval.evaluate import Scorers, classifier_gram, run_evaluation
     from scalestyle.eval.methods import get_methods

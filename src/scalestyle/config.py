@@ -252,7 +252,11 @@ class VARPreset:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Per-image sampling settings (upstream `gen_one_img` defaults: top_k 900, top_p 0.97)."""
+    """Per-image sampling settings, written once for every caller (upstream Infinity `gen_one_img`
+    defaults: cfg 3, tau 0.5, top_k 900, top_p 0.97). ``cfg`` is each model's own guidance rule (Infinity:
+    constant, 1 = off; VAR: a linear ramp from 0 to ``cfg``, 0 = off); ``tau`` is Infinity's temperature
+    (VAR has none); ``more_smooth`` is VAR's Gumbel smoothing of the codes (visual only; Infinity has
+    none); ``h_div_w`` and ``pn`` pick Infinity's schedule (VAR's is fixed by the model)."""
 
     cfg: float = 3.0
     tau: float = 0.5
@@ -261,7 +265,6 @@ class SamplingConfig:
     seed: int = 0
     h_div_w: float = 1.0
     pn: str | None = None
-    # VAR only: Gumbel smoothing of the codes
     more_smooth: bool = False
 
     def __post_init__(self) -> None:
@@ -276,7 +279,7 @@ class SamplingConfig:
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
         if not 1 / 3.5 <= self.h_div_w <= 3.5:
-            raise ValueError(f"h_div_w must be in [1/3, 3], got {self.h_div_w}")
+            raise ValueError(f"h_div_w must be in [1/3.5, 3.5], got {self.h_div_w}")
         if self.pn is not None and self.pn not in PN_NUM_SCALES:
             raise ValueError(f"pn must be one of {sorted(PN_NUM_SCALES)}, got {self.pn!r}")
 

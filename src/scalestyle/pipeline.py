@@ -18,9 +18,10 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from scalestyle.attention import AttentionController
 from scalestyle.config import ModelPreset, SamplingConfig, get_preset
 from scalestyle.images import to_pil
-from scalestyle.models.bsq_vae import BSQVAE
+from scalestyle.models.bsq_vae import BSQVAE, BitwiseCodec
 from scalestyle.models.infinity import Infinity
 from scalestyle.models.random_text import RandomTextEncoder
 from scalestyle.models.text_encoder import PackedText, TextEncoder
@@ -75,6 +76,7 @@ class Pipeline:
     ) -> None:
         self.transformer, self.vae, self.text_encoder = transformer.eval(), vae.eval(), text_encoder
         self.preset, self.model_name = preset, model_name
+        self.codec = BitwiseCodec(preset.transformer.bits, preset.vae.spatial_patchify)
 
     @property
     def device(self) -> torch.device:
@@ -166,55 +168,57 @@ class Pipeline:
         return [to_pil(im) for im in img.float().cpu()]
 
     @torch.inference_mode()
+    def run_paths(
+        self,
+        plans: Sequence[PathPlan],
+        sampling: SamplingConfig,
+        schedule: Schedule,
+        controller: AttentionController | None = None,
+        on_scale: Callable[[ScaleEvent], None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Run paths in one batch with ``controller`` installed (restored afterwards, whatever happens):
+        the one place every generation (plain, stylized, baselines, analyses) goes through."""
+        with self.autocast(), self.transformer.control.install(controller):
+            return run_scales(self.transformer, self.codec, plans, schedule, sampling, on_scale=on_scale)
+
+    def settings(self, sampling: SamplingConfig, schedule: Schedule) -> dict[str, Any]:
+        """The sampling settings and resolved schedule that every image's metadata records."""
+        return {
+            **asdict(sampling),
+            "pn": schedule.pn,
+            "template": schedule.template,
+            "size_hw": [s * self.preset.vae.stride for s in schedule.last_grid],
+        }
+
+    @torch.inference_mode()
     def __call__(
         self,
         prompt: str | Sequence[str],
         *,
+        sampling: SamplingConfig | None = None,
         negative_prompt: str | None = None,
-        seed: int = 0,
-        cfg: float = 3.0,
-        tau: float = 0.5,
-        top_k: int = 900,
-        top_p: float = 0.97,
-        h_div_w: float = 1.0,
-        pn: str | None = None,
         on_scale: Callable[[ScaleEvent], None] | None = None,
     ) -> GenerationOutput:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not p.strip() for p in prompts):
             raise ValueError("prompt must be non-empty text")
-        sampling = SamplingConfig(
-            cfg=cfg, tau=tau, top_k=top_k, top_p=top_p, seed=seed, h_div_w=h_div_w, pn=pn
-        )
-        schedule = self.schedule_for(h_div_w=h_div_w, pn=pn)
+        sampling = sampling or SamplingConfig()
+        schedule = self.schedule_for(h_div_w=sampling.h_div_w, pn=sampling.pn)
         text = self.encode_text(prompts)
         uncond = None
         if negative_prompt:
             uncond = PackedText.concat([self.encode_text([negative_prompt])] * len(prompts))
         plan = PathPlan("gen", text, uncond=uncond)
-        with self.autocast():
-            summed = run_scales(
-                self.transformer,
-                [plan],
-                schedule,
-                sampling,
-                patchify=self.preset.vae.spatial_patchify,
-                on_scale=on_scale,
-            )["gen"]
+        summed = self.run_paths([plan], sampling, schedule, on_scale=on_scale)["gen"]
         images = self.decode(summed)
         meta = [
             {
                 "prompt": p,
                 "negative_prompt": negative_prompt or "",
-                "seed": seed,
+                "seed": sampling.seed,
                 "row": i,
                 "model": self.model_name,
-                "settings": {
-                    **asdict(sampling),
-                    "pn": schedule.pn,
-                    "template": schedule.template,
-                    "size_hw": [s * self.preset.vae.stride for s in schedule.last_grid],
-                },
+                "settings": self.settings(sampling, schedule),
             }
             for i, p in enumerate(prompts)
         ]

@@ -158,7 +158,7 @@ def parse_aspect(text: str) -> float:
     except (ValueError, ZeroDivisionError) as err:
         raise ValueError(f"aspect must look like 'H:W' (e.g. 16:9) or a float h/w, got {text!r}") from err
     if not 1 / 3.5 <= value <= 3.5:
-        raise ValueError(f"aspect h/w {value:.3f} is outside the supported range [1/3, 3]")
+        raise ValueError(f"aspect h/w {value:.3f} is outside the supported range [1/3.5, 3.5]")
     return value
 
 

@@ -2,7 +2,7 @@
 
 These are the two analyses of the paper's Section 4 ("which steps decide content and style", and "which of
 Q, K, V carries content and which style"). Nothing here touches the model: every variant is one path of
-a :func:`~scalestyle.sampling.run_scales` batch, and the edits are controllers installed on
+a :meth:`~scalestyle.pipeline.Pipeline.run_paths` batch, and the edits are controllers installed on
 ``model.control``.
 
 What "prompt B at step s" means here. The caption reaches Infinity in two ways: (1) the pooled condition
@@ -42,7 +42,7 @@ from scalestyle.attention import AttentionController
 from scalestyle.config import SamplingConfig
 from scalestyle.method.rules import From, Rule, RuleController
 from scalestyle.pipeline import Pipeline
-from scalestyle.sampling import PathPlan, ScaleEvent, run_scales
+from scalestyle.sampling import PathPlan, ScaleEvent
 
 CfgRows = Literal["share", "plain"]
 InjectionMode = Literal["cross", "handoff"]
@@ -144,22 +144,14 @@ def _run(
     on_scale: Callable[[ScaleEvent], None] | None,
 ) -> dict[str, torch.Tensor]:
     schedule = pipe.schedule_for(h_div_w=sampling.h_div_w, pn=sampling.pn)
-    with pipe.autocast(), pipe.transformer.control.install(controller):
-        return run_scales(
-            pipe.transformer,
-            plans,
-            schedule,
-            sampling,
-            patchify=pipe.preset.vae.spatial_patchify,
-            on_scale=on_scale,
-        )
+    return pipe.run_paths(plans, sampling, schedule, controller, on_scale)
 
 
 def _bits_recorder(
     store: dict[str, list[torch.Tensor]], on_scale: Callable[[ScaleEvent], None] | None
 ) -> Callable[[ScaleEvent], None]:
     def record(event: ScaleEvent) -> None:
-        for name, bits in event.bits.items():
+        for name, bits in event.tokens.items():
             store.setdefault(name, []).append(bits)
         if on_scale is not None:
             on_scale(event)
@@ -218,7 +210,7 @@ def generate_step_injection(
         if not include_a:
             out.pop("a")
     a_bits = bits.get("a", [])
-    probes = [PathPlan(f"b@{s}", text_b, given_bits=tuple(a_bits[:s]), last_scale=s) for s in scales]
+    probes = [PathPlan(f"b@{s}", text_b, given_tokens=tuple(a_bits[:s]), last_scale=s) for s in scales]
     if include_b:
         probes.append(PathPlan("b", text_b))
     elif probes:
@@ -230,7 +222,7 @@ def generate_step_injection(
     if not scales:
         return out
     injected = [
-        PathPlan(injected_path(s), text_a, given_bits=(*a_bits[:s], bits[f"b@{s}"][s])) for s in scales
+        PathPlan(injected_path(s), text_a, given_tokens=(*a_bits[:s], bits[f"b@{s}"][s])) for s in scales
     ]
     out.update(_run(pipe, injected, sampling, None, on_scale))
     return out

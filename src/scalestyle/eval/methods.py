@@ -31,7 +31,7 @@ from scalestyle.config import SamplingConfig
 from scalestyle.method.rules import AdaIN, From, Rule, RuleController
 from scalestyle.method.style import StyleConfig, StylePipeline
 from scalestyle.pipeline import Pipeline
-from scalestyle.sampling import PathPlan, run_scales
+from scalestyle.sampling import PathPlan
 from scalestyle.schedules import Schedule
 
 
@@ -52,11 +52,10 @@ class Request:
         generation path's caption)."""
         return self.prompt or f"{self.content_prompt} in {self.style_prompt}"
 
-    def sampling_kwargs(self) -> dict[str, Any]:
-        """The pipelines' sampling keywords (the seed is passed on its own)."""
-        settings = asdict(self.sampling)
-        settings.pop("seed")
-        return settings
+    @property
+    def seeded_sampling(self) -> SamplingConfig:
+        """The sampling settings with this request's seed."""
+        return replace(self.sampling, seed=self.seed)
 
 
 MethodFn = Callable[[Pipeline, Request], Image.Image]
@@ -86,7 +85,7 @@ def text_only(with_style: bool) -> MethodFn:
 
     def run(pipe: Pipeline, request: Request) -> Image.Image:
         text = request.generation_prompt if with_style else request.content_prompt
-        return pipe(text, seed=request.seed, **request.sampling_kwargs()).images[0]
+        return pipe(text, sampling=request.seeded_sampling).images[0]
 
     return run
 
@@ -101,8 +100,7 @@ def ours(style: StyleConfig) -> MethodFn:
             style_prompt=request.style_prompt,
             gen_prompt=request.prompt,
             style=style,
-            seed=request.seed,
-            **request.sampling_kwargs(),
+            sampling=request.seeded_sampling,
         )
         return out.images[0]
 
@@ -174,21 +172,13 @@ def stylealigned(config: StyleAlignedConfig | None = None) -> MethodFn:
     def run(pipe: Pipeline, request: Request) -> Image.Image:
         if request.ref_image is None:
             raise ValueError("stylealigned needs a style reference image")
-        sampling = replace(request.sampling, seed=request.seed)
+        sampling = request.seeded_sampling
         schedule = pipe.schedule_for(h_div_w=sampling.h_div_w, pn=sampling.pn)
         ref_bits = StylePipeline(pipe).reference_bits(request.ref_image, schedule)
         text = pipe.encode_text([request.style_prompt, request.generation_prompt])
-        plans = [PathPlan("sty", text.rows([0]), given_bits=ref_bits), PathPlan("gen", text.rows([1]))]
+        plans = [PathPlan("sty", text.rows([0]), given_tokens=ref_bits), PathPlan("gen", text.rows([1]))]
         controller = RuleController(cfg.rules(schedule))
-        with pipe.autocast(), pipe.transformer.control.install(controller):
-            summed = run_scales(
-                pipe.transformer,
-                plans,
-                schedule,
-                sampling,
-                patchify=pipe.preset.vae.spatial_patchify,
-            )["gen"]
-        return pipe.decode(summed)[0]
+        return pipe.decode(pipe.run_paths(plans, sampling, schedule, controller)["gen"])[0]
 
     return run
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from scalestyle.config import SamplingConfig
 from scalestyle.data import procedural as world
 from scalestyle.eval.classifier import WorldClassifier
 from scalestyle.method.style import StyleConfig, StylePipeline
@@ -113,13 +114,13 @@ def evaluate_world(
 
     for content, style, seed in _cases(contents or world.CONTENTS, train_styles or world.TRAIN_STYLES, seeds):
         t = time.perf_counter()
-        image = pipe(world.caption(content, style), seed=seed, cfg=cfg).images[0]
+        image = pipe(world.caption(content, style), sampling=SamplingConfig(cfg=cfg, seed=seed)).images[0]
         add("plain", content, style, seed, image, time.perf_counter() - t)
     for content, style, seed in _cases(
         contents or world.CONTENTS, held_out_styles or world.HELD_OUT_STYLES, seeds
     ):
         t = time.perf_counter()
-        image = pipe(world.caption(content, style), seed=seed, cfg=cfg).images[0]
+        image = pipe(world.caption(content, style), sampling=SamplingConfig(cfg=cfg, seed=seed)).images[0]
         add("prompt-only", content, style, seed, image, time.perf_counter() - t)
         ref_content, ref = reference_for(content, style, seed)
         t = time.perf_counter()
@@ -128,8 +129,7 @@ def evaluate_world(
             ref,
             style_prompt=world.style_caption(style),
             style=style_config,
-            seed=seed,
-            cfg=cfg,
+            sampling=SamplingConfig(cfg=cfg, seed=seed),
         )
         add("stylize", content, style, seed, out.images[0], time.perf_counter() - t, ref_content)
     return rows

@@ -27,6 +27,7 @@ queries by their cosine similarity. Settled readings of the paper (``shared/rese
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
@@ -35,10 +36,10 @@ import torch
 from PIL import Image
 
 from scalestyle.config import SamplingConfig
-from scalestyle.images import preprocess
+from scalestyle.images import load_image, preprocess
 from scalestyle.method.rules import CosBlend, From, Rule, RuleController
 from scalestyle.pipeline import GenerationOutput, Pipeline
-from scalestyle.sampling import PathPlan, ScaleEvent, run_scales
+from scalestyle.sampling import PathPlan, ScaleEvent
 from scalestyle.schedules import Schedule
 
 PATHS = ("con", "sty", "gen")
@@ -190,30 +191,28 @@ class StylePipeline:
     def __call__(
         self,
         prompt: str,
-        style_image: Image.Image | None = None,
+        style_image: Image.Image | str | os.PathLike[str] | None = None,
         *,
         style_prompt: str,
         content_prompt: str | None = None,
         gen_prompt: str | None = None,
         style: StyleConfig | None = None,
-        seed: int = 0,
-        cfg: float = 3.0,
-        tau: float = 0.5,
-        top_k: int = 900,
-        top_p: float = 0.97,
-        h_div_w: float = 1.0,
-        pn: str | None = None,
+        sampling: SamplingConfig | None = None,
         on_scale: Callable[[ScaleEvent], None] | None = None,
     ) -> GenerationOutput:
         style = style or StyleConfig()
+        sampling = sampling or SamplingConfig()
+        if isinstance(style_image, str | os.PathLike):
+            style_image = load_image(style_image)
+        elif style_image is not None and not isinstance(style_image, Image.Image):
+            raise TypeError(
+                f"style_image must be a PIL image, a path or None, got {type(style_image).__name__}"
+            )
         if style_image is None and style.init:
             # text-only style-aligned mode: there are no reference features to initialise from
             style = replace(style, init=False)
         prompts = make_prompts(prompt, style_prompt, content_prompt=content_prompt, gen_prompt=gen_prompt)
-        sampling = SamplingConfig(
-            cfg=cfg, tau=tau, top_k=top_k, top_p=top_p, seed=seed, h_div_w=h_div_w, pn=pn
-        )
-        schedule = self.pipe.schedule_for(h_div_w=h_div_w, pn=pn)
+        schedule = self.pipe.schedule_for(h_div_w=sampling.h_div_w, pn=sampling.pn)
         controller = RuleController(style.rules(schedule))
         ref_bits: tuple[torch.Tensor, ...] = ()
         if style_image is not None:
@@ -221,7 +220,7 @@ class StylePipeline:
         n_init = style.num_init_scales(schedule)
 
         text = self.pipe.encode_text([prompts.content, prompts.style, prompts.generation])
-        plans = [PathPlan("con", text.rows([0])), PathPlan("sty", text.rows([1]), given_bits=ref_bits)]
+        plans = [PathPlan("con", text.rows([0])), PathPlan("sty", text.rows([1]), given_tokens=ref_bits)]
         if style.prune:
             # a path no rule reads after some scale stops running there; one never read never runs
             plans = [
@@ -229,25 +228,17 @@ class StylePipeline:
                 for p in plans
                 if controller.last_scale_read(p.name) is not None
             ]
-        plans.append(PathPlan("gen", text.rows([2]), given_bits=ref_bits[:n_init]))
-        with self.pipe.autocast(), self.pipe.transformer.control.install(controller):
-            summed = run_scales(
-                self.pipe.transformer,
-                plans,
-                schedule,
-                sampling,
-                patchify=self.pipe.preset.vae.spatial_patchify,
-                on_scale=on_scale,
-            )["gen"]
+        plans.append(PathPlan("gen", text.rows([2]), given_tokens=ref_bits[:n_init]))
+        summed = self.pipe.run_paths(plans, sampling, schedule, controller, on_scale)["gen"]
         images = self.pipe.decode(summed)
         meta = {
             "prompt": prompts.generation,
             "content_prompt": prompts.content,
             "style_prompt": prompts.style,
             "style_image": bool(style_image is not None),
-            "seed": seed,
+            "seed": sampling.seed,
             "model": self.pipe.model_name,
-            "settings": {**asdict(sampling), "pn": schedule.pn, "template": schedule.template},
+            "settings": self.pipe.settings(sampling, schedule),
             "style": asdict(style),
         }
         return GenerationOutput(images, summed, [meta])

@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from scalestyle.config import BSQVAEConfig
+from scalestyle.config import BSQVAEConfig, SamplingConfig
+from scalestyle.scale_model import Draw
+from scalestyle.schedules import Schedule
 
 # ---------------------------------------------------------------------------------------------------------
 # Building blocks (flux_vqgan.py)
@@ -304,6 +306,70 @@ def sum_codes(bits: Sequence[torch.Tensor], patchify: bool) -> torch.Tensor:
         summed_BdHW = codes if summed_BdHW is None else summed_BdHW + codes
     assert summed_BdHW is not None  # bits is non-empty
     return summed_BdHW
+
+
+def sample_bits(
+    logits_BlV: torch.Tensor, *, top_k: int, top_p: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Draw one bit per (token, bit) from logits (B, L, 2D); returns bits (B, L, D) as int64.
+
+    Upstream `sample_with_top_k_top_p_also_inplace_modifying_logits_` on the (B, L*D, 2) view: top-k is
+    clamped to the 2 choices, top-p drops the minority bit when its probability is <= 1 - top_p.
+    """
+    B, L, _ = logits_BlV.shape
+    logits = rearrange(logits_BlV, "b l (d two) -> b (l d) two", two=2).clone()
+    if top_k > 0:
+        k = min(top_k, 2)
+        kth = logits.topk(k, dim=-1, largest=True, sorted=False).values.amin(dim=-1, keepdim=True)
+        logits.masked_fill_(logits < kth, -torch.inf)
+    if top_p > 0:
+        sorted_logits, sorted_idx = logits.sort(dim=-1, descending=False)
+        remove = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+        remove[..., -1:] = False
+        logits.masked_fill_(remove.scatter(-1, sorted_idx, remove), -torch.inf)
+    draws = torch.multinomial(logits.softmax(dim=-1).view(-1, 2), 1, replacement=True, generator=generator)
+    return rearrange(draws, "(b l d) 1 -> b l d", b=B, l=L)
+
+
+class BitwiseCodec:
+    """The token codec of BSQ (:class:`~scalestyle.scale_model.TokenCodec`): D bits per token, codes summed
+    at VAE resolution, trilinear next-scale inputs (upstream `autoregressive_infer_cfg`, spec §1.8)."""
+
+    def __init__(self, bits: int, patchify: bool) -> None:
+        if bits < 1 or (patchify and bits % 4):
+            raise ValueError(f"bits must be >= 1 (a multiple of 4 with patchify), got {bits}")
+        self.bits, self.patchify = bits, patchify
+
+    def token_shape(self, rows: int, hw: tuple[int, int]) -> tuple[int, ...]:
+        return (rows, *hw, self.bits)
+
+    def sample(
+        self,
+        logits_BLV: torch.Tensor,
+        hw: tuple[int, int],
+        *,
+        scale: int,
+        schedule: Schedule,
+        sampling: SamplingConfig,
+        generator: torch.Generator,
+    ) -> Draw:
+        bits_BLD = sample_bits(
+            logits_BLV.float(), top_k=sampling.top_k, top_p=sampling.top_p, generator=generator
+        )
+        return Draw(rearrange(bits_BLD, "b (h w) d -> b h w d", h=hw[0], w=hw[1]))
+
+    def accumulate(
+        self, summed: torch.Tensor | None, draw: Draw, *, scale: int, schedule: Schedule
+    ) -> torch.Tensor:
+        codes = bits_to_codes(draw.tokens, self.patchify)
+        if scale < schedule.num_scales - 1:
+            factor = 2 if self.patchify else 1
+            last_h, last_w = schedule.last_grid
+            codes = upsample_codes(codes, (last_h * factor, last_w * factor))
+        return codes if summed is None else summed + codes
+
+    def next_input(self, summed: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        return next_scale_input(summed, hw, self.patchify)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from scalestyle.attention import (
     TextMemory,
     rope_angles,
 )
-from scalestyle.config import InfinityConfig
+from scalestyle.config import InfinityConfig, SamplingConfig
 from scalestyle.models.text_encoder import PackedText
 from scalestyle.schedules import Schedule, rope_positions
 
@@ -86,12 +86,24 @@ class CrossAttnBlock(nn.Module):
         layout: BatchLayout,
         cache: KVCache | None,
         bias: torch.Tensor | None,
+        query_scales_L: torch.Tensor | None = None,
     ) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss + text.gss_B16C).unbind(2)
         h = layer_norm(x_BLC, self.eps) * (1 + scale1) + shift1
-        h = self.sa(h.to(x_BLC.dtype), rope_cos_sin, scale=scale, layout=layout, cache=cache, bias=bias)
+        h = self.sa(
+            h.to(x_BLC.dtype),
+            rope_cos_sin,
+            scale=scale,
+            layout=layout,
+            cache=cache,
+            bias=bias,
+            query_scales_L=query_scales_L,
+        )
         x_BLC = x_BLC + h * gamma1
-        x_BLC = x_BLC + self.ca(self.ca_norm(x_BLC), text.memory, scale=scale, layout=layout)
+        ca = self.ca(
+            self.ca_norm(x_BLC), text.memory, scale=scale, layout=layout, query_scales_L=query_scales_L
+        )
+        x_BLC = x_BLC + ca
         h = layer_norm(x_BLC, self.eps) * (1 + scale2) + shift2
         return x_BLC + self.ffn(h.to(x_BLC.dtype)) * gamma2
 
@@ -115,7 +127,7 @@ class Infinity(nn.Module):
         super().__init__()
         self.cfg = cfg
         C, E = cfg.width, cfg.text_channels
-        self.control = ControlSlot()
+        self.control = ControlSlot(self)
         self.cfg_uncond = nn.Parameter(torch.zeros(cfg.text_maxlen, E))
         self.pos_start = nn.Parameter(torch.zeros(1, 1, C))
         self.text_norm = RMSNorm(E)
@@ -136,6 +148,10 @@ class Infinity(nn.Module):
     def blocks(self) -> list[CrossAttnBlock]:
         return [block for chunk in self.block_chunks for block in chunk.module]  # type: ignore[union-attr]
 
+    @property
+    def device(self) -> torch.device:
+        return self.pos_start.device
+
     # ---- text ----------------------------------------------------------------------------------------
     def uncond_text(self, lens: Sequence[int]) -> PackedText:
         """CFG rows: the learned empty caption, truncated to each caption's own length (upstream)."""
@@ -143,7 +159,16 @@ class Infinity(nn.Module):
             raise ValueError(f"caption length {max(lens)} exceeds text_maxlen {self.cfg.text_maxlen}")
         return PackedText(torch.cat([self.cfg_uncond[:n] for n in lens]), tuple(lens))
 
-    def condition(self, text: PackedText) -> TextCondition:
+    def null_condition(self, raw: PackedText) -> PackedText:
+        return self.uncond_text(raw.lens)
+
+    def uses_uncond(self, sampling: SamplingConfig) -> bool:
+        # cfg 1 mixes to the conditional logits alone (upstream still computes the rows; the draw is equal)
+        return sampling.cfg != 1.0
+
+    def condition(self, texts: Sequence[PackedText]) -> TextCondition:
+        """The captions of every row (``texts`` concatenated in row order), computed once per image."""
+        text = PackedText.concat(texts).to(self.device)
         kv_NE = self.text_norm(text.feats_NE.float())
         cond_BC = self.text_proj_for_sos["ca"](kv_NE, text.lens)
         memory = TextMemory.packed(self.text_proj_for_ca(kv_NE), text.lens)
@@ -154,6 +179,12 @@ class Infinity(nn.Module):
         return TextCondition(cond_BC, gss, head_ss, memory)
 
     # ---- image tokens --------------------------------------------------------------------------------
+    def new_cache(self) -> KVCache:
+        return KVCache(self.cfg.depth)
+
+    def positions(self, schedule: Schedule, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rope_table(schedule, device)
+
     def rope_table(self, schedule: Schedule, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin (L, c/2) for every token of the schedule (the template's 1M table, sliced)."""
         y_L, x_L = rope_positions(schedule.template)
@@ -167,7 +198,7 @@ class Infinity(nn.Module):
         return rearrange(text.cond_BC, "b c -> b 1 c") + self.pos_start
 
     def embed(self, inputs_BLD: torch.Tensor) -> torch.Tensor:
-        return self.word_embed(inputs_BLD)
+        return self.word_embed(inputs_BLD.to(self.word_embed.weight.dtype))
 
     def forward_scale(
         self,
@@ -176,16 +207,17 @@ class Infinity(nn.Module):
         *,
         scale: int,
         schedule: Schedule,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        positions: tuple[torch.Tensor, torch.Tensor],
         cache: KVCache,
         layout: BatchLayout,
     ) -> torch.Tensor:
-        """Run all blocks on the tokens of one scale, attending to the cached earlier scales."""
+        """Run all blocks on the tokens of one scale, attending to the cached earlier scales; ``positions``
+        is :meth:`rope_table` of the schedule."""
         start = schedule.offsets()[scale]
         stop = start + schedule.tokens_per_scale[scale]
         if x_BLC.shape[1] != stop - start:
             raise ValueError(f"scale {scale} has {stop - start} tokens, got {x_BLC.shape[1]}")
-        cos_sin = (rope[0][start:stop], rope[1][start:stop])
+        cos_sin = (positions[0][start:stop], positions[1][start:stop])
         x_BLC = x_BLC + self.lvl_embed.weight[scale]
         for block in self.blocks:
             x_BLC = block(x_BLC, text, cos_sin, scale=scale, layout=layout, cache=cache, bias=None)
@@ -197,6 +229,21 @@ class Infinity(nn.Module):
             scale, shift = text.head_ss_B12C.unbind(2)
             h = layer_norm(x_BLC, self.cfg.norm_eps) * (1 + scale) + shift
             return self.head(h)
+
+    def guide(
+        self,
+        logits_cond_BLV: torch.Tensor,
+        logits_uncond_BLV: torch.Tensor | None,
+        *,
+        scale: int,
+        schedule: Schedule,
+        sampling: SamplingConfig,
+    ) -> torch.Tensor:
+        """Upstream's constant CFG on tau-scaled logits: ``cfg * l_c / tau + (1 - cfg) * l_u / tau``."""
+        cond = logits_cond_BLV / sampling.tau
+        if logits_uncond_BLV is None:
+            return cond
+        return sampling.cfg * cond + (1 - sampling.cfg) * (logits_uncond_BLV / sampling.tau)
 
     def forward(
         self,
@@ -223,7 +270,9 @@ class Infinity(nn.Module):
         bias = block_causal_bias(level_L)
         rope = self.rope_table(schedule, x_BLC.device)
         for block in self.blocks:
-            x_BLC = block(x_BLC, text, rope, scale=None, layout=layout, cache=None, bias=bias)
+            x_BLC = block(
+                x_BLC, text, rope, scale=None, layout=layout, cache=None, bias=bias, query_scales_L=level_L
+            )
         return self.logits(x_BLC, text)
 
     # ---- initialisation ------------------------------------------------------------------------------

@@ -163,14 +163,14 @@ class BitObjective(nn.Module):
         B = len(text.lens)
         n_full = B if self.full_rows is None else min(self.full_rows, B)
         logits = self.model(
-            inputs_BLD[:n_full], self.model.condition(packed.rows(range(n_full))), self.schedule
+            inputs_BLD[:n_full], self.model.condition([packed.rows(range(n_full))]), self.schedule
         )
         ce_FL, acc = bit_ce(logits, bits_BLD[:n_full])
         if n_full == B or self.prefix is None:
             return {"loss": (ce_FL * self.weights_L).sum(-1).mean(), "bit_acc": acc}
         Lp = self.prefix.total_tokens
         short = self.model(
-            inputs_BLD[n_full:, : Lp - 1], self.model.condition(packed.rows(range(n_full, B))), self.prefix
+            inputs_BLD[n_full:, : Lp - 1], self.model.condition([packed.rows(range(n_full, B))]), self.prefix
         )
         ce_PL, _ = bit_ce(short, bits_BLD[n_full:, :Lp])
         rows_L = torch.full_like(self.weights_L, n_full)
