@@ -192,6 +192,13 @@ class Decoder(nn.Module):
 # Quantizer (quant.py)
 
 
+def token_grid(codes_BLd: torch.Tensor, h: int) -> torch.Tensor:
+    """(B, h*w, d) -> (B, d, h, w) as upstream's ``transpose(1, 2).reshape``: a transpose, then a split of
+    the token axis. A single rearrange gives the same values with another batch stride, which at B = 1
+    changes the float result of the bicubic resize and the phi conv that follow."""
+    return rearrange(rearrange(codes_BLd, "b l d -> b d l"), "b d (h w) -> b d h w", h=h)
+
+
 class Phi(nn.Conv2d):
     """``phi(h) = (1 - r) h + r conv3x3(h)``, r = ``quant_resi``."""
 
@@ -237,10 +244,8 @@ class VectorQuantizer(nn.Module):
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.z_channels)
 
     def codes(self, idx_Bhw: torch.Tensor) -> torch.Tensor:
-        """``e[idx]`` as (B, Cvae, h, w), a channel-last view like upstream's ``transpose(1, 2).view``."""
-        return rearrange(
-            self.embedding(rearrange(idx_Bhw, "b h w -> b (h w)")), "b (h w) c -> b c h w", h=idx_Bhw.shape[1]
-        )
+        """``e[idx]`` as (B, Cvae, h, w), laid out like upstream's ``transpose(1, 2).view``."""
+        return token_grid(self.embedding(rearrange(idx_Bhw, "b h w -> b (h w)")), idx_Bhw.shape[1])
 
     def add_scale(
         self, f_hat_BdHW: torch.Tensor | None, h_Bdhw: torch.Tensor, scale: int, schedule: Schedule
@@ -431,7 +436,7 @@ class IndexCodec:
         tau = max(0.27 * (1 - ratio * 0.95), 0.005)  # upstream's schedule, after MaskGIT
         soft_BLV = gumbel_softmax(logits.mul(1 + ratio), tau, generator)
         codes_BLd = soft_BLV @ self.quantizer.embedding.weight.unsqueeze(0)
-        return Draw(idx_Bhw, rearrange(codes_BLd, "b (h w) c -> b c h w", h=hw[0]))
+        return Draw(idx_Bhw, token_grid(codes_BLd, hw[0]))
 
     def accumulate(
         self, summed: torch.Tensor | None, draw: Draw, *, scale: int, schedule: Schedule
