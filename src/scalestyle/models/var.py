@@ -175,6 +175,10 @@ class VAR(nn.Module):
     def device(self) -> torch.device:
         return self.pos_start.device
 
+    @property
+    def block_list(self) -> list[AdaLNSelfAttn]:
+        return [block for block in self.blocks if isinstance(block, AdaLNSelfAttn)]
+
     def _check_schedule(self, schedule: Schedule) -> None:
         if schedule.grids != self.schedule.grids:
             raise ValueError(
@@ -200,7 +204,7 @@ class VAR(nn.Module):
             if self.cfg.shared_aln
             else None
         )
-        ada = tuple(block.adaln(cond_BC, shared) for block in self.blocks)  # type: ignore[operator]
+        ada = tuple(block.adaln(cond_BC, shared) for block in self.block_list)
         head_ss = rearrange(self.head_nm.ada_lin(cond_BC), "b (two c) -> b 1 two c", two=2)
         return ClassCondition(cond_BC, ada, head_ss)
 
@@ -330,8 +334,7 @@ class VAR(nn.Module):
         head_ada = self.head_nm.ada_lin[1]
         assert isinstance(head_ada, nn.Linear)
         head_ada.weight.mul_(init_adaln)
-        for block in self.blocks:
-            assert isinstance(block, AdaLNSelfAttn)
+        for block in self.block_list:
             block.attn.proj.weight.div_(math.sqrt(2 * self.cfg.depth))
             block.ffn.fc2.weight.div_(math.sqrt(2 * self.cfg.depth))
             if self.cfg.shared_aln:

@@ -405,10 +405,6 @@ class IndexCodec:
     def __init__(self, vqvae: VQVAE) -> None:
         self.quantizer = vqvae.quantize
 
-    @property
-    def vocab_size(self) -> int:
-        return self.quantizer.embedding.num_embeddings
-
     def token_shape(self, rows: int, hw: tuple[int, int]) -> tuple[int, ...]:
         return (rows, *hw)
 
