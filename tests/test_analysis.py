@@ -21,7 +21,6 @@ from scalestyle.analysis import (
     generate_step_injection,
     injected_path,
     injection,
-    parse_steps,
     read_pairs,
     run_qkv_injection,
     run_step_injection,
@@ -37,7 +36,7 @@ from scalestyle.analysis.records import RowLog
 from scalestyle.analysis.scorers import classifier_scorer, clip_scorer, score_all
 from scalestyle.attention import AttendFn, AttnSite, BatchLayout, bf16_rounded_attend, sdpa
 from scalestyle.cli import main
-from scalestyle.config import SamplingConfig
+from scalestyle.config import SamplingConfig, parse_int_list
 from scalestyle.data import procedural as world
 from scalestyle.eval.classifier import WorldClassifier
 from scalestyle.method.rules import From, Rule, RuleController
@@ -399,12 +398,12 @@ def test_read_pairs(tmp_path: Path) -> None:
 
 
 def test_steps_and_conventions() -> None:
-    assert parse_steps("1-3,5") == (1, 2, 3, 5) and parse_steps("2,3") == (2, 3)
+    assert parse_int_list("1-3,5", "steps") == (1, 2, 3, 5) and parse_int_list("3,2", "steps") == (3, 2)
     assert scale_of(13, "A", 13) == 12 and scale_of(0, "B", 13) == 0 and step_of(0, "A") == 1
     with pytest.raises(ValueError, match=r"step 14 outside \[1, 13\]"):
         scale_of(14, "A", 13)
     with pytest.raises(ValueError, match="runs backwards"):
-        parse_steps("5-2")
+        parse_int_list("5-2", "steps")
     assert scales_label([1, 2, 3, 5, 7, 8]) == "1-3,5,7-8"
 
 
@@ -513,4 +512,4 @@ def test_cli_analyze_step_and_qkv(
     assert "step 7 outside [0, 6]" in capsys.readouterr().err
     argv = ["analyze", "qkv-injection", *pair, "--batch", "0", "--out-dir", str(tmp_path / "x")]
     assert main([*argv, *base]) == 2
-    assert "batch must be >= 1" in capsys.readouterr().err
+    assert "--batch: must be >= 1" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from PIL import Image
 
 from scalestyle.attention import AttnSite, BatchLayout, sdpa
 from scalestyle.cli import main
-from scalestyle.config import SamplingConfig
+from scalestyle.config import SamplingConfig, parse_int_list
 from scalestyle.data import procedural as world
 from scalestyle.eval import methods as methods_module
 from scalestyle.eval import protocols
@@ -245,9 +245,9 @@ def test_procedural_defaults_and_bad_values() -> None:
     assert all(c.ref_content not in (None, c.content) for c in cases)
     with pytest.raises(ValueError, match=r"unknown held-out style\(s\) \['neon'\]; choose from \['crayon'"):
         protocols.procedural_cases(styles=["neon"])
-    assert protocols.parse_seeds("0, 2-4,2") == (0, 2, 3, 4)
+    assert parse_int_list("0, 2-4,5", "seeds") == (0, 2, 3, 4, 5)
     with pytest.raises(ValueError, match="seeds must look like"):
-        protocols.parse_seeds("a")
+        parse_int_list("a", "seeds")
 
 
 @pytest.fixture

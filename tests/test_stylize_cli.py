@@ -10,8 +10,8 @@ from scalestyle.cli import main
 from scalestyle.metadata import read_png_metadata
 
 
-def ref_image(path: Path, mode: str = "RGB", size: int = 80) -> Path:
-    rng = np.random.default_rng(0)
+def ref_image(path: Path, mode: str = "RGB", size: int = 80, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).convert(mode).save(path)
     return path
 
@@ -52,7 +52,7 @@ def test_odd_but_valid_images_are_converted(mode: str, tiny_model_dir: Path, tmp
 def test_batch_is_resumable(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     prompts = tmp_path / "p.txt"
     prompts.write_text("a star\na fish\n")
-    refs = [str(ref_image(tmp_path / f"s{i}.png")) for i in range(2)]
+    refs = [str(ref_image(tmp_path / f"s{i}.png", seed=i)) for i in range(2)]
     args = [
         "--style",
         refs[0],
@@ -64,7 +64,7 @@ def test_batch_is_resumable(tiny_model_dir: Path, tmp_path: Path, capsys: pytest
         str(tmp_path / "out"),
     ]
     assert stylize(tiny_model_dir, *args) == 0
-    made = sorted(p.name for p in (tmp_path / "out").iterdir())
+    made = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert len(made) == 4
     first = {p: (tmp_path / "out" / p).stat().st_mtime_ns for p in made}
     main(["stylize", "--model", str(tiny_model_dir), "--style-prompt", "neon style", *args])

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from scalestyle import __version__
-from scalestyle.config import SamplingConfig
+from scalestyle.config import ModelPreset, SamplingConfig, VARPreset, get_preset
 from scalestyle.pipeline import Pipeline
 from scalestyle.records import source_commit
 
@@ -50,11 +51,21 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_runs(run: Callable[[], object], device: torch.device, *, runs: int, warmup: int) -> list[float]:
+def time_runs(
+    run: Callable[[], object],
+    device: torch.device,
+    *,
+    runs: int,
+    warmup: int,
+    progress: Callable[[], None] | None = None,
+) -> list[float]:
+    """Seconds of each of ``runs`` calls after ``warmup`` untimed ones; ``progress()`` after every call."""
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be >= 1 and warmup >= 0, got {runs}, {warmup}")
     for _ in range(warmup):
         run()
+        if progress is not None:
+            progress()
     times = []
     for _ in range(runs):
         _sync(device)
@@ -62,7 +73,41 @@ def time_runs(run: Callable[[], object], device: torch.device, *, runs: int, war
         run()
         _sync(device)
         times.append(time.perf_counter() - start)
+        if progress is not None:
+            progress()
     return times
+
+
+def random_build_summary(name: str) -> str:
+    """What ``Pipeline.load(name, random_weights=True)`` builds, counted on the meta device (no memory):
+    the preset's parameter counts and the memory its fp32 weights take."""
+    preset = get_preset(name, ModelPreset | VARPreset)  # type: ignore[arg-type]
+    with torch.device("meta"):
+        if isinstance(preset, VARPreset):
+            from scalestyle.models.var import VAR
+            from scalestyle.models.vqvae import VQVAE
+
+            parts: dict[str, nn.Module] = {"transformer": VAR(preset.transformer), "VAE": VQVAE(preset.vae)}
+        else:
+            from scalestyle.models.bsq_vae import BSQVAE
+            from scalestyle.models.infinity import Infinity
+
+            parts = {"transformer": Infinity(preset.transformer), "VAE": BSQVAE(preset.vae)}
+    counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+    nbytes = sum(t.numel() * 4 for m in parts.values() for t in (*m.parameters(), *m.buffers()))
+    listed = ", ".join(f"{k} {_count(n)}" for k, n in counts.items())
+    return (
+        f"building {name} with random weights: {listed} parameters, {_size(nbytes)} of fp32 weights "
+        "(initialising them takes a while on CPU)"
+    )
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 def _reference_image(size_hw: tuple[int, int]) -> Image.Image:
@@ -74,8 +119,19 @@ def _reference_image(size_hw: tuple[int, int]) -> Image.Image:
 
 
 def bench_generate(
-    pipe: Pipeline, *, prompt: str, cfg: float, pn: str | None, runs: int, warmup: int, batch: int = 1
+    pipe: Pipeline,
+    *,
+    prompt: str,
+    cfg: float,
+    pn: str | None,
+    runs: int,
+    warmup: int,
+    batch: int = 1,
+    progress: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
+    """Median seconds per image of ``runs`` batches of ``batch`` images; ``progress()`` after each batch."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1 (images per timed call), got {batch}")
     device = pipe.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -85,6 +141,7 @@ def bench_generate(
         device,
         runs=runs,
         warmup=warmup,
+        progress=progress,
     )
     median = statistics.median(times)
     side = [s * pipe.preset.vae.stride for s in schedule.last_grid]
@@ -116,9 +173,11 @@ def bench_stylize(
     runs: int,
     warmup: int,
     style: StyleConfig | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Plain generation and style personalization timed in one run, same model, size and CFG; the ratio is
-    what the method costs over plain generation (reference encoding included)."""
+    what the method costs over plain generation (reference encoding included). ``progress()`` after each
+    call (2 x (runs + warmup) in all)."""
     from scalestyle.method.style import StyleConfig, StylePipeline
 
     style = style or StyleConfig()
@@ -131,13 +190,16 @@ def bench_stylize(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sampling = SamplingConfig(cfg=cfg, pn=pn)
-    plain = time_runs(lambda: pipe(gen_prompt, sampling=sampling), device, runs=runs, warmup=warmup)
+    plain = time_runs(
+        lambda: pipe(gen_prompt, sampling=sampling), device, runs=runs, warmup=warmup, progress=progress
+    )
     plain_peak = _peak_memory_mb(device)
     stylized = time_runs(
         lambda: styler(prompt, ref, style_prompt=style_prompt, style=style, sampling=sampling),
         device,
         runs=runs,
         warmup=warmup,
+        progress=progress,
     )
     t_plain, t_style = statistics.median(plain), statistics.median(stylized)
     return {

@@ -1,25 +1,31 @@
 """The `scalestyle` command line: a thin layer over the Python API with the same argument names.
 
-Every user error (bad preset, missing weights, unwritable path, empty prompt) ends in one line on stderr
-and exit status 2; a progress bar over scales goes to stderr.
+Every user error (bad flag, bad preset, missing weights, unwritable path, empty prompt) ends in one line on
+stderr (``scalestyle: error: ...``) and exit status 2, before any model loads where the error allows;
+warnings are one line each (``scalestyle: warning: ...``); progress bars go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from scalestyle.config import SamplingConfig
+from scalestyle.config import PRESETS, SamplingConfig, parse_int_list
 from scalestyle.schedules import PN_NUM_SCALES, parse_aspect
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from scalestyle.analysis.pairs import PromptPair
-    from scalestyle.method.style import StyleConfig
+    from scalestyle.batch import StyleJob
+    from scalestyle.method.style import StyleConfig, StylePipeline
+    from scalestyle.pipeline import Pipeline
 
 EXIT_USAGE = 2
 
@@ -28,78 +34,98 @@ class CliError(Exception):
     """A user-facing error: printed as one line."""
 
 
-def _writable_png(path_text: str) -> Path:
-    path = Path(path_text)
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line, like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"scalestyle: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless the text already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.option_strings
+            and action.default not in (None, False, [], argparse.SUPPRESS)
+            and "default" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+# -- argument checks (all before any model loads) ----------------------------------------------------------
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _int_list(name: str) -> Callable[[str], tuple[int, ...]]:
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            return parse_int_list(text, name)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+def _text(value: str | None, flag: str) -> str | None:
+    if value is not None and not value.strip():
+        raise CliError(f"{flag} must be non-empty text")
+    return value
+
+
+def _out_png(text: str, overwrite: bool) -> Path:
+    """A .png path that can be written: its folder exists and is writable, it is no folder itself, and an
+    existing file is replaced only with --overwrite."""
+    import os
+
+    path = Path(text)
+    if path.is_dir():
+        raise CliError(f"--out {path} is a folder; name a .png file (or use --out-dir for several images)")
     if path.suffix.lower() != ".png":
-        raise CliError(f"--out must name a .png file, got {path_text!r}")
+        raise CliError(f"--out must name a .png file, got {text!r}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise CliError(f"cannot write {path}: folder {parent} does not exist")
+    if path.exists() and not overwrite:
+        raise CliError(f"{path} exists; pass --overwrite to replace it")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise CliError(f"cannot write {path}: permission denied")
     return path
 
 
-def _progress(total: int, desc: str, enabled: bool) -> Callable[[object], None]:
-    from tqdm import tqdm
+def _device(name: str | None) -> str | None:
+    """``name`` when this machine has that device (None: the pipeline's choice)."""
+    if name is None:
+        return None
+    import torch
 
-    bar = tqdm(total=total, desc=desc, unit="scale", disable=not enabled, leave=False, file=sys.stderr)
-
-    def step(_event: object) -> None:
-        bar.update(1)
-        if bar.n >= total:
-            bar.close()
-
-    return step
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        default=None,
-        help="preset (infinity-2b, infinity-8b) or model folder; default: the bundled demo model",
-    )
-    p.add_argument("--random-weights", action="store_true", help="build the preset with random weights")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-
-
-def _add_style_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--ablation",
-        default="d",
-        choices=["a", "b", "c", "d"],
-        help="(a) baseline, (b) +Init, (c) +Init+KSAS, (d) full",
-    )
-    p.add_argument("--key-steps", default="2,3")
-    p.add_argument(
-        "--fine-steps",
-        default=None,
-        help="default: the paper's 4,5,6,7, those of them that the schedule has",
-    )
-    p.add_argument(
-        "--steps-convention",
-        default="B",
-        choices=["A", "B"],
-        help="B (default): steps are upstream's 0-based loop index, the start token is step 0; "
-        "A: step 1 is the start token",
-    )
-    p.add_argument("--aqs-granularity", default="token", choices=["token", "head", "layer"])
-    p.add_argument("--no-init", action="store_true")
-    p.add_argument("--no-ksas", action="store_true")
-    p.add_argument("--no-aqs", action="store_true")
-    p.add_argument("--no-prune", action="store_true", help="keep every path running to the last scale")
-
-
-def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cfg", type=float, default=3.0)
-    p.add_argument("--tau", type=float, default=0.5)
-    p.add_argument("--top-k", type=int, default=900)
-    p.add_argument("--top-p", type=float, default=0.97)
-    p.add_argument("--aspect", default="1:1", help="H:W, snapped to the nearest of the 15 templates")
-    p.add_argument(
-        "--pn", default=None, choices=sorted(PN_NUM_SCALES), help="pixel budget (default: model's)"
-    )
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CliError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CliError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CliError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise CliError(f"--device {name}: only cpu and cuda devices are supported")
+    return name
 
 
 def _sampling(args: argparse.Namespace, h_div_w: float) -> SamplingConfig:
@@ -115,46 +141,14 @@ def _sampling(args: argparse.Namespace, h_div_w: float) -> SamplingConfig:
     )
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from scalestyle.metadata import write_png
-    from scalestyle.pipeline import Pipeline
-
-    if not args.prompt.strip():
-        raise CliError("--prompt must be non-empty text")
-    out = _writable_png(args.out)
-    h_div_w = parse_aspect(args.aspect)
-    pipe = Pipeline.load(args.model, device=args.device, random_weights=args.random_weights)
-    schedule = pipe.schedule_for(h_div_w=h_div_w, pn=args.pn)
-    result = pipe(
-        args.prompt,
-        sampling=_sampling(args, h_div_w),
-        negative_prompt=args.negative_prompt,
-        on_scale=_progress(schedule.num_scales, "generate", not args.quiet),
-    )
-    write_png(result.images[0], out, result.metadata[0])
-    if not args.quiet:
-        sys.stderr.write(f"wrote {out} ({result.images[0].width}x{result.images[0].height})\n")
-    return 0
-
-
-def _steps(text: str) -> tuple[int, ...]:
-    try:
-        steps = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError as err:
-        raise CliError(f"steps must be comma-separated integers like 2,3, got {text!r}") from err
-    return steps
-
-
 def _style_config(args: argparse.Namespace) -> StyleConfig:
-    from dataclasses import replace
-
     from scalestyle.method.style import StyleConfig
 
     base = StyleConfig.ablation(args.ablation)
     return replace(
         base,
-        key_steps=_steps(args.key_steps),
-        fine_steps=None if args.fine_steps is None else _steps(args.fine_steps),
+        key_steps=args.key_steps,
+        fine_steps=args.fine_steps,
         convention=args.steps_convention,
         aqs_granularity=args.aqs_granularity,
         prune=not args.no_prune,
@@ -164,22 +158,80 @@ def _style_config(args: argparse.Namespace) -> StyleConfig:
     )
 
 
-def _slug(text: str, limit: int = 48) -> str:
-    keep = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
-    while "--" in keep:
-        keep = keep.replace("--", "-")
-    return keep[:limit] or "prompt"
-
-
-def cmd_stylize(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from scalestyle.images import load_image
-    from scalestyle.metadata import write_png
-    from scalestyle.method.style import StylePipeline
+def _load(args: argparse.Namespace) -> Pipeline:
     from scalestyle.pipeline import Pipeline
 
-    prompts = [args.prompt] if args.prompt else []
+    random_weights = getattr(args, "random_weights", False)
+    if random_weights and args.model in PRESETS and not getattr(args, "quiet", False):
+        from scalestyle.bench import random_build_summary
+
+        sys.stderr.write(random_build_summary(args.model) + "\n")
+    return Pipeline.load(args.model, device=args.device, random_weights=random_weights)
+
+
+def _model_label(args: argparse.Namespace) -> str:
+    """The --model value as batch settings record it (folders by absolute path)."""
+    model = args.model or "demo"
+    if Path(model).is_dir():
+        model = str(Path(model).resolve())
+    return f"{model} (random weights)" if args.random_weights else model
+
+
+def _progress(total: int, desc: str, enabled: bool, unit: str = "scale") -> Callable[..., None]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False, file=sys.stderr)
+
+    def step(*_event: object) -> None:
+        bar.update(1)
+        if bar.n >= total:
+            bar.close()
+
+    return step
+
+
+def _counter(desc: str, enabled: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A ``progress(done, total)`` bar and the function that closes it."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="image", disable=not enabled, leave=False, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return progress, bar.close
+
+
+# -- commands ----------------------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from scalestyle.metadata import write_png
+
+    # the conditioning flags go to the pipeline as they are; it says which ones its model takes
+    inputs = {dest: getattr(args, dest) for dest in args.conditioning if getattr(args, dest) is not None}
+    if not inputs:
+        raise CliError("give --prompt TEXT")
+    for dest, value in inputs.items():
+        if isinstance(value, str):
+            _text(value, "--" + dest.replace("_", "-"))
+    sampling = _sampling(args, parse_aspect(args.aspect))
+    out = _out_png(args.out, args.overwrite)
+    args.device = _device(args.device)
+    pipe = _load(args)
+    schedule = pipe.schedule_for(h_div_w=sampling.h_div_w, pn=sampling.pn)
+    on_scale = _progress(schedule.num_scales, "generate", not args.quiet)
+    result = pipe(**inputs, sampling=sampling, on_scale=on_scale)
+    write_png(result.images[0], out, result.metadata[0])
+    if not args.quiet:
+        sys.stderr.write(f"wrote {out} ({result.images[0].width}x{result.images[0].height})\n")
+    return 0
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    prompts = [args.prompt] if args.prompt is not None else []
     if args.prompts:
         path = Path(args.prompts)
         if not path.is_file():
@@ -187,65 +239,100 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not prompts or any(not p.strip() for p in prompts):
         raise CliError("give a non-empty --prompt or a --prompts FILE with one prompt per line")
+    return prompts
+
+
+def cmd_stylize(args: argparse.Namespace) -> int:
+    from scalestyle.batch import batch_settings, make_jobs, open_batch, run_batch
+    from scalestyle.metadata import write_png
+    from scalestyle.method.style import StylePipeline
+
+    prompts = _prompts(args)
     if not args.style and not args.text_only:
         raise CliError("give a reference image with --style REF.png (or --text-only to use the style prompt)")
     if args.style and args.text_only:
         raise CliError("--text-only takes no --style image")
-    styles = [(Path(p), load_image(p)) for p in args.style] if args.style else [(None, None)]
-    style_cfg = _style_config(args)
-    h_div_w = parse_aspect(args.aspect)
-    jobs = [(ref, img, prompt) for ref, img in styles for prompt in prompts]
-    if len(jobs) > 1 and not args.out_dir:
-        raise CliError(f"{len(jobs)} images to make: give --out-dir DIR instead of --out")
-    if args.out_dir:
-        out_dir = Path(args.out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(out_dir, os.W_OK):
-            raise CliError(f"cannot write into {out_dir}: permission denied")
-        outs = [
-            out_dir / f"{ref.stem if ref else 'text'}__{_slug(prompt)}__s{args.seed}.png"
-            for ref, _, prompt in jobs
-        ]
-    elif args.out:
-        outs = [_writable_png(args.out)]
-    else:
+    if args.text_only and args.style_prompt is None:
+        raise CliError("--text-only needs --style-prompt: the style is then given in words only")
+    _text(args.style_prompt, "--style-prompt")
+    if args.out and args.out_dir:
+        raise CliError("give either --out FILE.png (one image) or --out-dir DIR (a batch), not both")
+    if not args.out and not args.out_dir:
         raise CliError("give --out FILE.png (or --out-dir DIR for several images)")
-    pipe = StylePipeline(Pipeline.load(args.model, device=args.device, random_weights=args.random_weights))
-    schedule = pipe.pipe.schedule_for(h_div_w=h_div_w, pn=args.pn)
-    todo = [(job, out) for job, out in zip(jobs, outs, strict=True) if not (args.out_dir and out.exists())]
+    sampling = _sampling(args, parse_aspect(args.aspect))
+    style_cfg = _style_config(args)
+    args.device = _device(args.device)
+    jobs = make_jobs(prompts, args.style, args.seed)
     show = not args.quiet
-    for (ref, img, prompt), out in tqdm(
-        todo, desc="stylize", unit="image", disable=not show or len(todo) < 2
-    ):
-        result = pipe(
-            prompt,
-            img,
+    styler: list[StylePipeline] = []
+
+    def make(job: StyleJob, image: Image.Image | None, bars: bool) -> tuple[Image.Image, Mapping[str, Any]]:
+        if not styler:
+            styler.append(StylePipeline(_load(args)))
+        pipe = styler[0].pipe
+        steps = pipe.schedule_for(h_div_w=sampling.h_div_w, pn=sampling.pn).num_scales
+        result = styler[0](
+            job.prompt,
+            image,
             style_prompt=args.style_prompt,
             style=style_cfg,
-            sampling=_sampling(args, h_div_w),
-            on_scale=_progress(schedule.num_scales, "scales", show and len(todo) == 1),
+            sampling=replace(sampling, seed=job.seed),
+            on_scale=_progress(steps, "scales", bars),
         )
-        write_png(result.images[0], out, {**result.metadata[0], "style_file": str(ref) if ref else ""})
+        return result.images[0], result.metadata[0]
+
+    if args.out:
+        if len(jobs) > 1:
+            raise CliError(f"{len(jobs)} images to make: give --out-dir DIR instead of --out")
+        from scalestyle.images import load_image
+
+        out = _out_png(args.out, args.overwrite)
+        job = jobs[0]
+        image, meta = make(job, load_image(job.style_file) if job.style_file else None, show)
+        write_png(image, out, {**meta, "style_file": job.style_file or ""})
+        if show:
+            sys.stderr.write(f"wrote {out}\n")
+        return 0
+    settings = batch_settings(
+        model=_model_label(args), style_prompt=args.style_prompt, style=style_cfg, sampling=sampling
+    )
+    with open_batch(Path(args.out_dir), jobs, settings, overwrite=args.overwrite) as plan:
+        progress, close = _counter("stylize", show and len(plan.todo) > 1)
+        made = run_batch(
+            plan, lambda job, img: make(job, img, show and len(plan.todo) == 1), progress=progress
+        )
+        close()
     if show:
-        sys.stderr.write(f"wrote {len(todo)} image(s), skipped {len(jobs) - len(todo)} already done\n")
+        sys.stderr.write(
+            f"wrote {made} image(s), skipped {len(plan.done)} already done; "
+            f"job -> file in {plan.out_dir / 'manifest.jsonl'}\n"
+        )
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from scalestyle.bench import bench_generate, bench_stylize
-    from scalestyle.pipeline import Pipeline
 
-    pipe = Pipeline.load(args.model, device=args.device, random_weights=args.random_weights)
+    _text(args.prompt, "--prompt")
+    _text(args.style_prompt, "--style-prompt")
+    # checked here, before a large model is built for minutes
+    sampling = SamplingConfig(cfg=args.cfg, pn=args.pn)
+    style_cfg = _style_config(args) if args.mode == "stylize" else None
+    args.device = _device(args.device)
+    pipe = _load(args)
+    calls = (args.runs + args.warmup) * (2 if args.mode == "stylize" else 1)
+    progress = _progress(calls, f"bench {args.mode}", not args.json, unit="run")
     if args.mode == "stylize":
         report = bench_stylize(
             pipe,
             prompt=args.prompt,
             style_prompt=args.style_prompt,
-            cfg=args.cfg,
-            pn=args.pn,
+            cfg=sampling.cfg,
+            pn=sampling.pn,
             runs=args.runs,
             warmup=args.warmup,
-            style=_style_config(args),
+            style=style_cfg,
+            progress=progress,
         )
         line = (
             f"plain {report['plain_seconds_per_image']:.3f} s/image, stylize "
@@ -255,11 +342,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report = bench_generate(
             pipe,
             prompt=args.prompt,
-            cfg=args.cfg,
-            pn=args.pn,
+            cfg=sampling.cfg,
+            pn=sampling.pn,
             runs=args.runs,
             warmup=args.warmup,
             batch=args.batch,
+            progress=progress,
         )
         line = f"{report['seconds_per_image']:.3f} s/image, {report['tokens_per_second']:.0f} tokens/s"
     if args.json:
@@ -274,8 +362,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from scalestyle.train.demo import DemoTrainConfig, train_demo
     from scalestyle.train.folder import FolderTrainConfig, train_on_folder
 
@@ -337,24 +423,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from scalestyle.pipeline import default_home
+    from scalestyle.locate import model_folder
     from scalestyle.weights import download
 
-    dest = Path(args.dest) if args.dest else default_home() / args.preset
+    dest = Path(args.dest) if args.dest else model_folder(args.preset)
     path = download(args.preset, dest, token=args.token)
     sys.stderr.write(f"downloaded {args.preset} to {path}\n")
     return 0
-
-
-def _seeds(text: str | None, default: int) -> tuple[int, ...]:
-    if text is None:
-        return (default,)
-    from scalestyle.analysis import parse_steps
-
-    try:
-        return parse_steps(text)
-    except ValueError as err:
-        raise CliError(f"--seeds must look like 0,1,2 or 0-7, got {text!r}") from err
 
 
 def _analysis_pairs(args: argparse.Namespace) -> list[PromptPair]:
@@ -375,33 +450,22 @@ def _analysis_pairs(args: argparse.Namespace) -> list[PromptPair]:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from scalestyle.analysis import (
         QKVInjectionConfig,
         StepInjectionConfig,
-        parse_steps,
         run_qkv_injection,
         run_step_injection,
         scale_of,
     )
-    from scalestyle.analysis.scorers import Scorer, clip_scorer, world_scorers
-    from scalestyle.pipeline import Pipeline, bundled_demo_dir, default_home
+    from scalestyle.analysis.scorers import analysis_scorers
+    from scalestyle.batch import check_out_dir
+    from scalestyle.locate import model_folder
 
     pairs = _analysis_pairs(args)
-    seeds = _seeds(args.seeds, args.seed)
+    seeds = args.seeds or (args.seed,)
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir, os.W_OK):
-        raise CliError(f"cannot write into {out_dir}: permission denied")
-    sampling = SamplingConfig(
-        cfg=args.cfg,
-        tau=args.tau,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        h_div_w=parse_aspect(args.aspect),
-        pn=args.pn,
-    )
+    check_out_dir(out_dir)
+    sampling = _sampling(args, parse_aspect(args.aspect))
     common = {
         "sampling": sampling,
         "cfg_rows": args.cfg_rows,
@@ -416,37 +480,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         comps = tuple(c.strip().lower() for c in args.components.split(",") if c.strip())
         qkv_cfg = QKVInjectionConfig(components=comps, **common)
-    pipe = Pipeline.load(args.model, device=args.device, random_weights=args.random_weights)
+    args.device = _device(args.device)
+    pipe = _load(args)
     num_scales = pipe.schedule_for(h_div_w=sampling.h_div_w, pn=sampling.pn).num_scales
 
-    def scales(text: str) -> tuple[int, ...]:
-        return tuple(scale_of(s, args.steps_convention, num_scales) for s in parse_steps(text))
+    def scales(steps: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(scale_of(s, args.steps_convention, num_scales) for s in steps)
 
-    scorers: dict[str, Scorer] = {}
-    if not args.no_classifiers and not args.random_weights:
-        if args.model is None:
-            folder = bundled_demo_dir()
-        elif Path(str(args.model)).is_dir():
-            folder = Path(str(args.model))
-        else:
-            folder = default_home() / str(args.model)
-        if folder.is_dir():
-            scorers.update(world_scorers(folder))
-    if args.clip:
-        scorers["clip"] = clip_scorer(args.clip, device=pipe.device)
+    world_dir = None if args.no_classifiers or args.random_weights else model_folder(args.model)
+    scorers = analysis_scorers(world_dir, clip=args.clip, device=pipe.device)
     show = not args.quiet
     if show and not scorers:
         sys.stderr.write("no scorer (no world classifiers in the model folder, no --clip): images only\n")
-
-    from tqdm import tqdm
-
-    bar = tqdm(desc=args.analysis, unit="image", disable=not show, leave=False, file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
+    progress, close = _counter(args.analysis, show)
     if args.analysis == "step-injection":
         if args.steps:
             step_cfg = replace(step_cfg, scales=scales(args.steps))
@@ -459,7 +505,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         result = run_qkv_injection(
             pipe, pairs, seeds, out_dir, config=qkv_cfg, scorers=scorers, progress=progress
         )
-    bar.close()
+    close()
     if show:
         names = ", ".join(p.name for p in result.files.values())
         sys.stderr.write(
@@ -469,25 +515,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_folder(model: str | None) -> Path:
-    """The folder a --model value loads from (where the demo's world classifiers live)."""
-    from scalestyle.pipeline import bundled_demo_dir, default_home
-
-    if model is None:
-        return bundled_demo_dir()
-    return Path(model) if Path(model).is_dir() else default_home() / model
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from scalestyle.batch import check_out_dir
     from scalestyle.eval import protocols
-    from scalestyle.eval.evaluate import Scorers, classifier_gram, run_evaluation
+    from scalestyle.eval.evaluate import build_scorers, run_evaluation
     from scalestyle.eval.methods import get_methods
-    from scalestyle.eval.world import Judges
-    from scalestyle.pipeline import Pipeline
+    from scalestyle.locate import model_folder
 
     # everything the user typed is checked before the model loads
     methods = get_methods(args.methods)
-    seeds = protocols.parse_seeds(args.seeds) if args.seeds else (args.seed,)
+    seeds = args.seeds or (args.seed,)
     contents, styles = protocols.parse_list(args.contents), protocols.parse_list(args.styles)
     if args.protocol == "procedural":
         if args.style_images or args.prompts_file:
@@ -516,56 +553,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cases = protocols.finestyle_cases(
             fs_prompts, fs_styles, args.style_images, contents=contents, style_ids=styles, seeds=seeds
         )
-    sampling = SamplingConfig(
-        cfg=args.cfg,
-        tau=args.tau,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        h_div_w=parse_aspect(args.aspect),
-        pn=args.pn,
-    )
+    sampling = _sampling(args, parse_aspect(args.aspect))
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir, os.W_OK):
-        raise CliError(f"cannot write into {out_dir}: permission denied")
+    check_out_dir(out_dir)
     show = not args.quiet
-    pipe = Pipeline.load(args.model, device=args.device)
-    judges = None
-    if args.protocol == "procedural":
-        folder = _model_folder(args.model)
-        if all((folder / f"{k}_classifier.safetensors").is_file() for k in ("content", "style")):
-            judges = Judges.load(folder)
-        elif show:
-            sys.stderr.write(f"no world classifiers in {folder}: ground-truth metrics skipped\n")
-    gram = None
-    if args.gram == "classifier" or (args.gram == "auto" and judges is not None):
-        if judges is None:
-            raise CliError("--gram classifier needs the world classifiers of a demo model folder")
-        gram = classifier_gram(judges)
-    elif args.gram not in ("auto", "none"):
-        from scalestyle.metrics import GramStyle
-
-        gram = GramStyle.from_pretrained(args.gram, device=pipe.device)
-    clip = dino = None
-    if args.clip:
-        from scalestyle.metrics import CLIPScorer
-
-        clip = CLIPScorer.from_pretrained(args.clip, device=pipe.device)
-    if args.dino:
-        from scalestyle.metrics import DINOScorer
-
-        dino = DINOScorer.from_pretrained(args.dino, device=pipe.device)
-    scorers = Scorers(judges=judges, clip=clip, dino=dino, gram=gram, ssim=not args.no_ssim)
-
-    from tqdm import tqdm
-
-    bar = tqdm(desc="evaluate", unit="image", disable=not show, leave=False, file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
+    args.device = _device(args.device)
+    pipe = _load(args)
+    world_dir = model_folder(args.model) if args.protocol == "procedural" else None
+    scorers = build_scorers(
+        world_dir=world_dir,
+        gram=args.gram,
+        clip=args.clip,
+        dino=args.dino,
+        ssim=not args.no_ssim,
+        device=pipe.device,
+    )
+    if show and world_dir is not None and scorers.judges is None:
+        sys.stderr.write(f"no world classifiers in {world_dir}: ground-truth metrics skipped\n")
+    progress, close = _counter("evaluate", show)
     result = run_evaluation(
         pipe,
         cases,
@@ -578,7 +583,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         thumb=args.thumb,
         sheet_columns=args.sheet_columns,
     )
-    bar.close()
+    close()
     if show:
         stop = " (stopped at --max-images; run again to continue)" if result.stopped else ""
         sys.stderr.write(
@@ -589,111 +594,242 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scalestyle", description=__doc__.splitlines()[0] if __doc__ else ""
+# -- parsers: one small function per subcommand -------------------------------------------------------------
+
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+
+def _model_args(p: argparse.ArgumentParser, *, random_weights: bool = True) -> None:
+    text_presets = ", ".join(name for name, preset in PRESETS.items() if not name.startswith("var-"))
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"preset ({text_presets}) or model folder; default: the bundled demo model",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    if random_weights:
+        p.add_argument(
+            "--random-weights", action="store_true", help="build the preset with random weights (timing)"
+        )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1; default: cuda if available")
 
-    gen = sub.add_parser("generate", help="text-to-image")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--out", required=True, help="output .png")
-    gen.add_argument("--negative-prompt", default=None)
-    gen.add_argument("--quiet", action="store_true")
-    _add_model_args(gen)
-    _add_sampling_args(gen)
-    gen.set_defaults(func=cmd_generate)
 
-    sty = sub.add_parser("stylize", help="generate in the style of a reference image (training-free)")
-    sty.add_argument("--style", action="append", default=[], help="reference style image; repeat for several")
-    sty.add_argument(
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    defaults = SamplingConfig()
+    p.add_argument("--seed", type=int, default=defaults.seed, help="random seed of the sampler")
+    p.add_argument("--cfg", type=float, default=defaults.cfg, help="classifier-free guidance scale (1: off)")
+    p.add_argument("--tau", type=float, default=defaults.tau, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=defaults.top_k, help="top-k sampling (0: off)")
+    p.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling (1: off)")
+    p.add_argument("--aspect", default="1:1", help="H:W, snapped to the nearest of the 15 templates")
+    p.add_argument(
+        "--pn",
+        default=None,
+        choices=sorted(PN_NUM_SCALES),
+        help="pixel budget; default: the model's",
+    )
+
+
+def _style_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ablation",
+        default="d",
+        choices=["a", "b", "c", "d"],
+        help="(a) baseline, (b) +Init, (c) +Init+KSAS, (d) full",
+    )
+    p.add_argument(
+        "--key-steps",
+        type=_int_list("--key-steps"),
+        default=(2, 3),
+        help="KSAS steps, e.g. 2,3 or 2-3",
+    )
+    p.add_argument(
+        "--fine-steps",
+        type=_int_list("--fine-steps"),
+        default=None,
+        help="AQS steps, e.g. 4-7; default: the paper's 4,5,6,7, those of them that the schedule has",
+    )
+    p.add_argument(
+        "--steps-convention",
+        default="B",
+        choices=["A", "B"],
+        help="B (default): steps are upstream's 0-based loop index, the start token is step 0; "
+        "A: step 1 is the start token",
+    )
+    p.add_argument(
+        "--aqs-granularity",
+        default="token",
+        choices=["token", "head", "layer"],
+        help="what one AQS blend weight covers",
+    )
+    p.add_argument("--no-init", action="store_true", help="turn Feature Initialization off")
+    p.add_argument("--no-ksas", action="store_true", help="turn Key Stage Attention Sharing off")
+    p.add_argument("--no-aqs", action="store_true", help="turn Adaptive Query Sharing off")
+    p.add_argument("--no-prune", action="store_true", help="keep every path running to the last scale")
+
+
+def _quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
+
+
+def _overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file, or --out-dir images made with other settings",
+    )
+
+
+def _generate_parser(sub: Subparsers) -> None:
+    p = sub.add_parser("generate", help="text-to-image", formatter_class=_Formatter)
+    # the model's inputs, handed to the pipeline as given (one flag a line)
+    conditioning = [
+        p.add_argument("--prompt", default=None, help="the caption, e.g. 'a cat'").dest,
+        p.add_argument("--negative-prompt", default=None, help="caption of the CFG rows; default: none").dest,
+    ]
+    p.add_argument("--out", required=True, help="output .png (an existing file needs --overwrite)")
+    _overwrite(p)
+    _quiet(p)
+    _model_args(p)
+    _sampling_args(p)
+    p.set_defaults(func=cmd_generate, conditioning=tuple(conditioning))
+
+
+def _stylize_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "stylize",
+        help="generate in the style of a reference image (training-free)",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--style", action="append", default=[], help="reference style image; repeat for several")
+    p.add_argument(
         "--text-only",
         action="store_true",
         help="no reference image: the style path is generated from --style-prompt (style-aligned mode)",
     )
-    sty.add_argument("--prompt", default=None, help="the content, e.g. 'a cat'")
-    sty.add_argument("--prompts", default=None, help="file with one content prompt per line")
-    sty.add_argument(
-        "--style-prompt", required=True, help="the style in words, e.g. 'watercolor painting style'"
+    p.add_argument("--prompt", default=None, help="the content, e.g. 'a cat'")
+    p.add_argument("--prompts", default=None, help="file with one content prompt per line")
+    p.add_argument(
+        "--style-prompt",
+        default=None,
+        help="the style in words, e.g. 'watercolor painting style'; default with --style: none "
+        "(the style path's caption is empty, the generation path's is the prompt)",
     )
-    sty.add_argument("--out", default=None, help="output .png (one image)")
-    sty.add_argument(
-        "--out-dir", default=None, help="output folder (batches; resumable: done images are kept)"
+    p.add_argument(
+        "--out", default=None, help="output .png for one image (an existing file needs --overwrite)"
     )
-    _add_style_args(sty)
-    sty.add_argument("--quiet", action="store_true")
-    _add_model_args(sty)
-    _add_sampling_args(sty)
-    sty.set_defaults(func=cmd_stylize)
+    p.add_argument(
+        "--out-dir",
+        default=None,
+        help="output folder for batches: resumable (images made with the same settings are kept), "
+        "with manifest.jsonl mapping each job to its file",
+    )
+    _overwrite(p)
+    _style_args(p)
+    _quiet(p)
+    _model_args(p)
+    _sampling_args(p)
+    p.set_defaults(func=cmd_stylize)
 
-    bench = sub.add_parser("bench", help="time generation")
-    _add_model_args(bench)
-    bench.add_argument("--prompt", default="a photo of a cat")
-    bench.add_argument("--cfg", type=float, default=3.0)
-    bench.add_argument("--pn", default=None, choices=sorted(PN_NUM_SCALES))
-    bench.add_argument("--runs", type=int, default=5)
-    bench.add_argument("--warmup", type=int, default=1)
-    bench.add_argument("--batch", type=int, default=1)
-    bench.add_argument("--json", action="store_true")
-    bench.add_argument("--mode", default="generate", choices=["generate", "stylize"])
-    bench.add_argument("--style-prompt", default="watercolor painting style")
-    _add_style_args(bench)
-    bench.set_defaults(func=cmd_bench)
 
-    tr = sub.add_parser(
-        "train", help="train models: the demo world (`train demo`) or your images (`train folder`)"
+def _bench_parser(sub: Subparsers) -> None:
+    p = sub.add_parser("bench", help="time generation", formatter_class=_Formatter)
+    _model_args(p)
+    defaults = SamplingConfig()
+    p.add_argument("--prompt", default="a photo of a cat", help="the caption timed")
+    p.add_argument("--cfg", type=float, default=defaults.cfg, help="classifier-free guidance scale")
+    p.add_argument(
+        "--pn", default=None, choices=sorted(PN_NUM_SCALES), help="pixel budget; default: the model's"
     )
-    tr.add_argument(
+    p.add_argument("--runs", type=_at_least(1), default=5, help="timed runs (the median is reported)")
+    p.add_argument("--warmup", type=_at_least(0), default=1, help="untimed runs first")
+    p.add_argument("--batch", type=_at_least(1), default=1, help="images per run (generate mode)")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument("--mode", default="generate", choices=["generate", "stylize"], help="what to time")
+    p.add_argument("--style-prompt", default="watercolor painting style", help="stylize mode: the style")
+    _style_args(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def _train_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train models: the demo world (`train demo`) or your images (`train folder`)",
+        formatter_class=_Formatter,
+    )
+    p.add_argument(
         "what",
         choices=["demo", "folder"],
         help="demo: the bundled demo model; folder: a folder of captioned images",
     )
-    tr.add_argument("--out", required=True, help="model folder to write")
-    tr.add_argument("--work-dir", default="runs/demo", help="checkpoints and logs (resumable)")
-    tr.add_argument(
-        "--preset", default=None, help="architecture preset when training from scratch (default: demo)"
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--work-dir", default="runs/demo", help="checkpoints and logs (resumable)")
+    p.add_argument(
+        "--preset", default=None, help="architecture preset when training from scratch; default: demo"
     )
-    tr.add_argument("--data", default=None, help="folder: images with metadata.jsonl or .txt captions")
-    tr.add_argument(
+    p.add_argument("--data", default=None, help="folder: images with metadata.jsonl or .txt captions")
+    p.add_argument(
         "--init", default=None, help="folder: model folder to fine-tune (its VAE and text encoder kept)"
     )
-    tr.add_argument("--text-encoder", default=None, help="folder, from scratch: T5 hub id or directory")
-    tr.add_argument(
+    p.add_argument("--text-encoder", default=None, help="folder, from scratch: T5 hub id or directory")
+    p.add_argument(
         "--allow-uncaptioned",
         action="store_true",
         help="folder: train images without a caption as unconditional",
     )
-    tr.add_argument("--vae-steps", type=int, default=None)
-    tr.add_argument("--transformer-steps", type=int, default=None)
-    tr.add_argument("--classifier-steps", type=int, default=None)
-    tr.add_argument("--batch-size", type=int, default=None)
-    tr.add_argument(
+    p.add_argument("--vae-steps", type=_at_least(0), default=None, help="VAE steps; default: the recipe's")
+    p.add_argument(
+        "--transformer-steps",
+        type=_at_least(0),
+        default=None,
+        help="transformer steps; default: the recipe's",
+    )
+    p.add_argument(
+        "--classifier-steps",
+        type=_at_least(0),
+        default=None,
+        help="demo: classifier steps; default: the recipe's",
+    )
+    p.add_argument(
+        "--batch-size", type=_at_least(1), default=None, help="images per step; default: the recipe's"
+    )
+    p.add_argument(
         "--bsc-strength",
         type=float,
         default=None,
-        help="Bitwise Self-Correction: flip up to this fraction of the bits of earlier scales (upstream 0.3)",
+        help="Bitwise Self-Correction: flip up to this fraction of the bits of earlier scales "
+        "(upstream 0.3); default: off",
     )
-    tr.add_argument(
+    p.add_argument(
         "--prefix-scales",
-        type=int,
+        type=_at_least(0),
         default=None,
-        help="rows from --full-rows on train only the first K scales (the demo: 4; 0 turns it off)",
+        help="rows from --full-rows on train only the first K scales (the demo: 4; 0 turns it off); "
+        "default: the recipe's",
     )
-    tr.add_argument("--full-rows", type=int, default=None, help="rows of each batch trained on every scale")
-    tr.add_argument("--quick", action="store_true", help="a few steps of each part (smoke test)")
-    tr.add_argument("--quiet", action="store_true")
-    tr.set_defaults(func=cmd_train)
+    p.add_argument(
+        "--full-rows", type=_at_least(1), default=None, help="rows of each batch trained on every scale"
+    )
+    p.add_argument("--quick", action="store_true", help="a few steps of each part (smoke test)")
+    _quiet(p)
+    p.set_defaults(func=cmd_train)
 
+
+def _analyze_parser(sub: Subparsers) -> None:
     an = sub.add_parser("analyze", help="where content and style are decided (the paper's Section 4)")
     an_sub = an.add_subparsers(dest="analysis", required=True)
     for name, help_text in (
         ("step-injection", "prompt A everywhere except prompt B at one step, for every step"),
         ("qkv-injection", "A regenerated with B's self-attention queries, keys or values"),
     ):
-        a = an_sub.add_parser(name, help=help_text)
+        a = an_sub.add_parser(name, help=help_text, formatter_class=_Formatter)
         a.add_argument("--prompt", default=None, help="prompt A (generated everywhere)")
         a.add_argument("--alt-prompt", default=None, help="prompt B (injected)")
-        a.add_argument("--pair-kind", default="custom", choices=["content", "style", "custom"])
+        a.add_argument(
+            "--pair-kind",
+            default="custom",
+            choices=["content", "style", "custom"],
+            help="what A and B differ in",
+        )
         a.add_argument(
             "--pairs", default=None, help="file: one 'prompt A | prompt B [| content|style]' a line"
         )
@@ -704,12 +840,21 @@ def build_parser() -> argparse.ArgumentParser:
             choices=["paper-content", "paper-style", "world-content", "world-style"],
             help="built-in pairs; repeat for several",
         )
-        a.add_argument("--pairs-per-set", type=int, default=4, help="pairs drawn for each world-* set")
+        a.add_argument(
+            "--pairs-per-set", type=_at_least(1), default=4, help="pairs drawn for each world-* set"
+        )
         a.add_argument("--pairs-seed", type=int, default=0, help="which world pairs are drawn")
-        a.add_argument("--seeds", default=None, help="e.g. 0,1,2 or 0-7 (default: --seed)")
+        a.add_argument(
+            "--seeds", type=_int_list("--seeds"), default=None, help="e.g. 0,1,2 or 0-7; default: --seed"
+        )
         a.add_argument("--out-dir", required=True, help="output folder (resumable: done rows are kept)")
         if name == "step-injection":
-            a.add_argument("--steps", default=None, help="steps to inject at, e.g. 1-13 (default: all)")
+            a.add_argument(
+                "--steps",
+                type=_int_list("--steps"),
+                default=None,
+                help="steps to inject at, e.g. 1-13; default: all",
+            )
             a.add_argument(
                 "--mode",
                 default="cross",
@@ -721,8 +866,9 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument(
                 "--steps",
                 nargs="+",
+                type=_int_list("--steps"),
                 default=None,
-                help="step ranges, each injected separately, e.g. 1-13 or 1-3 4-7 (default: all steps)",
+                help="step ranges, each injected separately, e.g. 1-13 or 1-3 4-7; default: all steps",
             )
             a.add_argument("--components", default="q,k,v", help="which of q, k, v to inject")
         a.add_argument(
@@ -735,88 +881,147 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument(
             "--cfg-rows", default="share", choices=["share", "plain"], help="edit the CFG rows alike or not"
         )
-        a.add_argument("--batch", type=int, default=1, help="injected images per run (a kill loses these)")
+        a.add_argument(
+            "--batch", type=_at_least(1), default=1, help="injected images per run (a kill loses these)"
+        )
         a.add_argument(
             "--band", default="minmax", choices=["minmax", "std"], help="band over pairs and seeds"
         )
-        a.add_argument("--thumb", type=int, default=128, help="grid thumbnail size in pixels")
+        a.add_argument("--thumb", type=_at_least(8), default=128, help="grid thumbnail size in pixels")
         a.add_argument("--clip", default=None, help="local CLIP model folder: adds a 'clip' score")
         a.add_argument(
             "--no-classifiers", action="store_true", help="skip the model folder's world classifiers"
         )
-        a.add_argument("--quiet", action="store_true")
-        _add_model_args(a)
-        _add_sampling_args(a)
+        _quiet(a)
+        _model_args(a)
+        _sampling_args(a)
         a.set_defaults(func=cmd_analyze)
 
-    ev = sub.add_parser(
-        "evaluate", help="compare methods on a protocol (procedural world, FineStyle, StyleAR)"
+
+def _evaluate_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="compare methods on a protocol (procedural world, FineStyle, StyleAR)",
+        formatter_class=_Formatter,
     )
-    ev.add_argument("--protocol", required=True, choices=["procedural", "finestyle", "stylear"])
-    ev.add_argument(
+    p.add_argument(
+        "--protocol",
+        required=True,
+        choices=["procedural", "finestyle", "stylear"],
+        help="what to evaluate on",
+    )
+    p.add_argument(
         "--methods",
         default="plain,prompt-only,stylealigned,a,b,c,d",
         help="comma-separated: plain, prompt-only, stylealigned, a, b, c, d (= ours)",
     )
-    ev.add_argument("--out", required=True, help="run folder (resumable: done rows and images are kept)")
-    ev.add_argument("--seeds", default=None, help="e.g. 0,1 or 0-3 (default: --seed)")
-    ev.add_argument(
+    p.add_argument(
+        "--out",
+        required=True,
+        help="run folder (resumable: done rows and images are kept; one run at a time)",
+    )
+    p.add_argument(
+        "--seeds", type=_int_list("--seeds"), default=None, help="e.g. 0,1 or 0-3; default: --seed"
+    )
+    p.add_argument(
         "--contents",
         default=None,
         help="comma-separated; procedural: world contents (default star,heart,house,fish); "
         "finestyle: content_ids or prompts (default all 190); stylear: p00.. ids or prompts (default all)",
     )
-    ev.add_argument(
+    p.add_argument(
         "--styles",
         default=None,
         help="comma-separated; procedural: held-out styles (default all 7); "
         "finestyle: style_ids (default all 10); stylear: style image stems (default all)",
     )
-    ev.add_argument(
+    p.add_argument(
         "--style-images",
         default=None,
         help="finestyle: folder with <style_id>.png per style; stylear: folder of style images",
     )
-    ev.add_argument("--prompts-file", default=None, help="stylear: prompts, one per line")
-    ev.add_argument(
-        "--prompts-csv", default=None, help="finestyle prompts (default ../shared/benchmarks/finestyle)"
+    p.add_argument("--prompts-file", default=None, help="stylear: prompts, one per line")
+    p.add_argument(
+        "--prompts-csv", default=None, help="finestyle prompts; default: ../shared/benchmarks/finestyle"
     )
-    ev.add_argument("--styles-csv", default=None, help="finestyle styles (default beside the prompts)")
-    ev.add_argument("--clip", default=None, help="CLIP folder or hub id: CLIP-T and CLIP-I")
-    ev.add_argument("--dino", default=None, help="DINO folder or hub id: DINO similarity")
-    ev.add_argument(
+    p.add_argument("--styles-csv", default=None, help="finestyle styles; default: beside the prompts")
+    p.add_argument("--clip", default=None, help="CLIP folder or hub id: CLIP-T and CLIP-I")
+    p.add_argument("--dino", default=None, help="DINO folder or hub id: DINO similarity")
+    p.add_argument(
         "--gram",
         default="auto",
         help="Gram style loss features: auto (world style classifier when present), classifier, none, "
         "or a CNN folder / hub id",
     )
-    ev.add_argument("--no-ssim", action="store_true", help="skip SSIM to the reference")
-    ev.add_argument("--max-images", type=int, default=None, help="stop after generating this many")
-    ev.add_argument("--thumb", type=int, default=96, help="contact-sheet cell size in pixels")
-    ev.add_argument("--sheet-columns", type=int, default=32, help="at most this many columns per sheet")
-    ev.add_argument("--model", default=None, help="model folder or preset (default: the bundled demo)")
-    ev.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    ev.add_argument("--quiet", action="store_true")
-    _add_sampling_args(ev)
-    ev.set_defaults(func=cmd_evaluate)
+    p.add_argument("--no-ssim", action="store_true", help="skip SSIM to the reference")
+    p.add_argument(
+        "--max-images", type=_at_least(0), default=None, help="stop after generating this many; default: all"
+    )
+    p.add_argument("--thumb", type=_at_least(8), default=96, help="contact-sheet cell size in pixels")
+    p.add_argument(
+        "--sheet-columns", type=_at_least(1), default=32, help="at most this many columns per sheet"
+    )
+    _quiet(p)
+    _model_args(p, random_weights=False)
+    _sampling_args(p)
+    p.set_defaults(func=cmd_evaluate)
 
-    dl = sub.add_parser("download", help="fetch official weights from the Hugging Face hub")
-    dl.add_argument("preset", choices=["infinity-2b", "infinity-8b"])
-    dl.add_argument("--dest", default=None)
-    dl.add_argument("--token", default=None)
-    dl.set_defaults(func=cmd_download)
+
+def _download_parser(sub: Subparsers) -> None:
+    from scalestyle.weights import OFFICIAL_LAYOUTS
+
+    p = sub.add_parser(
+        "download", help="fetch official weights from the Hugging Face hub", formatter_class=_Formatter
+    )
+    p.add_argument(
+        "preset", choices=[name for name in PRESETS if name in OFFICIAL_LAYOUTS], help="the preset to fetch"
+    )
+    p.add_argument("--dest", default=None, help="folder to write; default: $SCALESTYLE_HOME/PRESET")
+    p.add_argument("--token", default=None, help="Hugging Face token for gated repositories")
+    p.set_defaults(func=cmd_download)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="scalestyle", description=__doc__.splitlines()[0] if __doc__ else "")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _generate_parser,
+        _stylize_parser,
+        _bench_parser,
+        _train_parser,
+        _analyze_parser,
+        _evaluate_parser,
+        _download_parser,
+    ):
+        add(sub)
     return parser
 
 
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    sys.stderr.write(f"scalestyle: warning: {message}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a flag error already written as one line
+        return int(done.code or 0)
     from scalestyle.weights import WeightsError
 
-    try:
-        return int(args.func(args))
-    except (CliError, ValueError, WeightsError, FileNotFoundError, PermissionError) as err:
-        sys.stderr.write(f"scalestyle: error: {err}\n")
-        return EXIT_USAGE
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            return int(args.func(args))
+        except (CliError, ValueError, WeightsError, OSError) as err:
+            sys.stderr.write(f"scalestyle: error: {err}\n")
+            return EXIT_USAGE
 
 
 if __name__ == "__main__":

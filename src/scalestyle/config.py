@@ -20,6 +20,33 @@ def _check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be > 0, got {value}")
 
 
+def parse_int_list(text: str, name: str, *, minimum: int = 0) -> tuple[int, ...]:
+    """``"4,5,6"``, ``"4-7"`` or ``"0,2-4"`` -> the integers named, in the given order: the one reader of
+    every integer-list setting (steps, seeds). Empty lists, repeats, backward ranges and values below
+    ``minimum`` are errors naming ``name`` (a repeat is a typo, never a request to run a step twice)."""
+    values: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            span = range(int(lo), int(hi) + 1) if sep else range(int(lo), int(lo) + 1)
+        except ValueError:
+            raise ValueError(f"{name} must look like 2,3 or 4-7 (integers), got {text!r}") from None
+        if not span:
+            raise ValueError(f"{name}: range {part!r} runs backwards")
+        values += span
+    if not values:
+        raise ValueError(f"{name} is empty: give integers like 2,3 or 4-7")
+    low = min(values)
+    if low < minimum:
+        raise ValueError(f"{name} {text!r}: {low} is below the minimum {minimum}")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{name} {text!r} names {', '.join(map(str, repeated))} more than once")
+    return tuple(values)
+
+
 @dataclass(frozen=True)
 class InfinityConfig:
     """The bitwise scale-wise transformer. ``bits`` = D, the bits per token of its VAE."""
@@ -73,6 +100,9 @@ class InfinityConfig:
         """Heads of the attentive text pool: one per 128 text channels (upstream's Ct5 / 128), or per 64
         above width 4096 (upstream `TextAttentivePool`; see :func:`scalestyle.attention.pool_heads`)."""
         return self.text_channels // (64 if self.width > 4096 else 128)
+
+
+VAE_NORMS = ("group", "pixel", "group_rms")
 
 
 @dataclass(frozen=True)
@@ -197,25 +227,38 @@ class VQVAEConfig:
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
-    """Where the T5 encoder comes from: a hub id or local directory, or the project's bundled demo."""
+    """Where the T5 encoder comes from (a hub id or local directory, or the project's bundled demo) and how
+    it runs. ``padding="max_length"`` with ``dtype="float16"`` is upstream's `tools/run_infinity.py` exactly
+    (every caption padded to ``max_length``, fp16 weights); ``"longest"`` in fp32 gives the same features up
+    to float rounding at a fraction of the work (see :mod:`scalestyle.models.text_encoder`)."""
 
     source: str
     max_length: int = 512
 
     def __post_init__(self) -> None:
         if not self.source:
+TEXT_PADDINGS = ("longest", "max_length")
+TEXT_DTYPES = ("float32", "float16")
+
+
             raise ValueError("text encoder source must be a non-empty path or hub id")
         if not 1 <= self.max_length <= 4096:
             raise ValueError(f"max_length must be in [1, 4096], got {self.max_length}")
 
 
 @dataclass(frozen=True)
+    padding: str = "longest"
+    dtype: str = "float32"
 class ModelPreset:
     name: str
     transformer: InfinityConfig
     vae: BSQVAEConfig
     text: TextEncoderConfig
     default_pn: str = "1M"
+        if self.padding not in TEXT_PADDINGS:
+            raise ValueError(f"padding must be one of {TEXT_PADDINGS}, got {self.padding!r}")
+        if self.dtype not in TEXT_DTYPES:
+            raise ValueError(f"dtype must be one of {TEXT_DTYPES}, got {self.dtype!r}")
 
     def __post_init__(self) -> None:
         if self.transformer.bits != self.vae.bits_per_token:
@@ -286,7 +329,8 @@ class SamplingConfig:
 
 _VAE_D32 = BSQVAEConfig(codebook_dim=32, patch_size=16, ch_mult=(1, 2, 4, 4, 4))
 _VAE_D56 = BSQVAEConfig(codebook_dim=14, patch_size=8, ch_mult=(1, 2, 4, 4), spatial_patchify=True)
-_FLAN_T5_XL = TextEncoderConfig(source="google/flan-t5-xl")
+# upstream's text path exactly: 512-token padding, fp16 weights (tools/run_infinity.py::load_tokenizer)
+_FLAN_T5_XL = TextEncoderConfig(source="google/flan-t5-xl", padding="max_length", dtype="float16")
 _VAR_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 _VAR_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 

@@ -6,12 +6,15 @@ after its image is in place. A run killed at any moment loses at most the row in
 log drops a last line cut short by the kill (no trailing newline), and that row is made again. Rows are
 keyed; a row whose key is already logged counts as done, and a later row with the same key replaces it.
 
-Also here: the settings hash and settings diff that refuse a log made with other settings, and the git
-commit that every row records.
+Also here: the settings hash and settings diff that refuse a log made with other settings, the git
+commit that every row records, and the folder lock that keeps a second run from writing into a folder
+that one is already writing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -132,3 +135,35 @@ class JsonlRows:
             f.flush()
             os.fsync(f.fileno())
         self._rows[self.key(row)] = row
+
+
+LOCK_FILE = ".scalestyle.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold the one-writer lock of ``folder`` (created if missing) for the duration.
+
+    A second run on the same folder would append the same rows twice and race on the same images; it is
+    refused at once with a ValueError naming the holder's pid. The lock is an advisory ``flock`` on
+    ``folder/.scalestyle.lock``: the kernel drops it when the holder exits, however it exits (SIGKILL
+    included), so a killed run never leaves a stale lock behind.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ValueError(
+                f"another scalestyle run (pid {holder}) is writing into {folder}; wait for it to finish "
+                "or use another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)

@@ -72,27 +72,6 @@ def scale_of(step: int, convention: Convention, num_scales: int) -> int:
     return step - lo
 
 
-def parse_steps(text: str) -> tuple[int, ...]:
-    """ "2,3" or "1-13" or "1-4,9": the sorted step numbers named."""
-    out: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo_text, sep, hi_text = part.partition("-")
-        try:
-            lo = int(lo_text)
-            hi = int(hi_text) if sep else lo
-        except ValueError as err:
-            raise ValueError(f"steps must look like 2,3 or 1-13, got {text!r}") from err
-        if hi < lo:
-            raise ValueError(f"step range {part!r} runs backwards")
-        out.update(range(lo, hi + 1))
-    if not out:
-        raise ValueError(f"no steps in {text!r}")
-    return tuple(sorted(out))
-
-
 def _check_common(convention: str, cfg_rows: str, batch: int, band: str, thumb: int) -> None:
     if convention not in ("A", "B"):
         raise ValueError(f"convention must be 'A' or 'B', got {convention!r}")

@@ -104,3 +104,16 @@ def score_all(
 def _check_batch(images: list[Image.Image], texts: list[str]) -> None:
     if len(images) != len(texts):
         raise ValueError(f"{len(images)} images but {len(texts)} texts")
+
+
+def analysis_scorers(
+    model_dir: str | Path | None, *, clip: str | Path | None = None, device: str | torch.device | None = None
+) -> dict[str, Scorer]:
+    """The scorers an analysis run gets: the world classifiers of ``model_dir`` (None: none) and CLIP-T
+    from ``clip`` (a local folder or hub id; None: none)."""
+    scorers: dict[str, Scorer] = {}
+    if model_dir is not None and Path(model_dir).is_dir():
+        scorers.update(world_scorers(model_dir))
+    if clip is not None:
+        scorers["clip"] = clip_scorer(clip, device=device)
+    return scorers

@@ -47,10 +47,17 @@ from scalestyle.eval.methods import DEFAULT_METHODS, Method, Request, get_method
 from scalestyle.eval.protocols import Case
 from scalestyle.eval.report import Row, write_reports
 from scalestyle.eval.world import Judges
-from scalestyle.metadata import read_png_metadata, write_png
+from scalestyle.metadata import read_png_metadata, remove_stale_tmp, write_png
 from scalestyle.metrics import CLIPScorer, DINOScorer, GramStyle, evaluate, pil_to_batch
 from scalestyle.pipeline import Pipeline
-from scalestyle.records import JsonlRows, canonical_json, settings_diff, settings_hash, source_commit
+from scalestyle.records import (
+    JsonlRows,
+    canonical_json,
+    folder_lock,
+    settings_diff,
+    settings_hash,
+    source_commit,
+)
 
 ROWS_FILE = "rows.jsonl"
 KEY_FIELDS = ("method", "content", "style", "seed")
@@ -134,6 +141,40 @@ class Scorers:
 def classifier_gram(judges: Judges) -> GramStyle:
     """Gram style loss over the style classifier's conv stages (CPU: the nets are tiny)."""
     return GramStyle(ClassifierFeatures(judges.style), device="cpu")
+
+
+def build_scorers(
+    *,
+    world_dir: Path | None,
+    gram: str = "auto",
+    clip: str | None = None,
+    dino: str | None = None,
+    ssim: bool = True,
+    device: str | torch.device | None = None,
+) -> Scorers:
+    """The metrics of a run from its settings. ``world_dir``: a demo model folder whose world classifiers
+    judge the procedural protocol (None, or a folder without them: no ground-truth metrics); ``gram``:
+    "auto" (the world style classifier when present, else none), "classifier", "none", or a CNN folder or
+    hub id; ``clip``/``dino``: a folder or hub id each (None: skipped)."""
+    judges = None
+    if world_dir is not None and all(
+        (world_dir / f"{k}_classifier.safetensors").is_file() for k in ("content", "style")
+    ):
+        judges = Judges.load(world_dir)
+    gram_style = None
+    if gram == "classifier" or (gram == "auto" and judges is not None):
+        if judges is None:
+            raise ValueError("--gram classifier needs the world classifiers of a demo model folder")
+        gram_style = classifier_gram(judges)
+    elif gram not in ("auto", "none"):
+        gram_style = GramStyle.from_pretrained(gram, device=device)
+    return Scorers(
+        judges=judges,
+        clip=CLIPScorer.from_pretrained(clip, device=device) if clip else None,
+        dino=DINOScorer.from_pretrained(dino, device=device) if dino else None,
+        gram=gram_style,
+        ssim=ssim,
+    )
 
 
 @torch.no_grad()
@@ -258,8 +299,39 @@ def run_evaluation(
     """Generate and score every (case, method) not yet in ``out_dir``, then rebuild the reports.
 
     ``max_images`` stops after that many newly generated images (reports are still rebuilt; a later run
-    continues). ``progress(done, total)`` is called after each row.
+    continues). ``progress(done, total)`` is called after each row. One run at a time writes into a folder
+    (a second is refused: :func:`scalestyle.records.folder_lock`); the temporary files of a killed run are
+    removed first.
     """
+    with folder_lock(out_dir):
+        remove_stale_tmp(out_dir)
+        return _evaluate(
+            pipe,
+            cases,
+            Path(out_dir),
+            methods=methods,
+            sampling=sampling,
+            scorers=scorers,
+            max_images=max_images,
+            progress=progress,
+            thumb=thumb,
+            sheet_columns=sheet_columns,
+        )
+
+
+def _evaluate(
+    pipe: Pipeline,
+    cases: Sequence[Case],
+    out: Path,
+    *,
+    methods: str | Sequence[str] | Mapping[str, Method],
+    sampling: SamplingConfig | None,
+    scorers: Scorers | None,
+    max_images: int | None,
+    progress: Callable[[int, int], None] | None,
+    thumb: int,
+    sheet_columns: int,
+) -> EvalResult:
     if not cases:
         raise ValueError("no case to evaluate (empty grid of contents x styles x seeds)")
     if max_images is not None and max_images < 0:
@@ -271,8 +343,6 @@ def run_evaluation(
     )
     sampling = sampling or SamplingConfig()
     scorers = scorers or Scorers()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     log = RowLog(out / ROWS_FILE)
     protocol = cases[0].protocol
     if any(c.protocol != protocol for c in cases) or any(r.get("protocol") != protocol for r in log):

@@ -81,27 +81,6 @@ def parse_list(text: str | None) -> tuple[str, ...] | None:
     return items or None
 
 
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """``"0,1"``, ``"0-3"`` or ``"0,2-4"`` -> seeds in the given order, without repeats."""
-    seeds: list[int] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        try:
-            span = range(int(lo), int(hi) + 1) if sep else range(int(lo), int(lo) + 1)
-        except ValueError:
-            raise ValueError(
-                f"seeds must look like 0,1 or 0-3 (non-negative integers), got {text!r}"
-            ) from None
-        if not span or span.start < 0:
-            raise ValueError(f"seed range {part!r} is empty or negative; seeds must be >= 0")
-        seeds += span
-    if not seeds:
-        raise ValueError(f"no seed in {text!r}; give e.g. 0,1 or 0-3")
-    return tuple(dict.fromkeys(seeds))
-
-
 def _check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
     if not seeds or any(s < 0 for s in seeds):
         raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {list(seeds)}")
