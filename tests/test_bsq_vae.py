@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,18 +11,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from scalestyle.config import PRESETS, BSQVAEConfig
+from scalestyle.config import PRESETS, BSQVAEConfig, ModelPreset
 from scalestyle.images import cover_size, load_image, preprocess, to_pil
 from scalestyle.models.bsq_vae import (
     BSQ,
     BSQVAE,
     MultiScaleEncoding,
+    Norm,
+    RMSNorm2d,
     bits_to_codes,
     group_norm_groups,
     next_scale_input,
     upsample_codes,
 )
 from scalestyle.schedules import get_schedule
+from scalestyle.weights import preset_from_dict, preset_to_dict
 
 TINY = BSQVAEConfig(codebook_dim=8, patch_size=4, ch_mult=(1, 1, 2), base_ch=16, num_res_blocks=1)
 # stride 4 with patchify: the VAE latent is 32x32 for a 64x64 image, the token grid 16x16 with 16 bits
@@ -125,6 +130,60 @@ def test_group_norm_rule() -> None:
     ]
     with pytest.raises(ValueError, match="channels"):
         group_norm_groups(0)
+
+
+def test_norm_setting_round_trips_through_the_model_folder_config() -> None:
+    demo = PRESETS["demo"]
+    assert isinstance(demo, ModelPreset) and demo.vae.norm == "group"  # upstream's, the default
+    pixel = replace(demo, vae=replace(demo.vae, norm="pixel"))
+    data = json.loads(json.dumps(preset_to_dict(pixel)))
+    assert data["vae"]["norm"] == "pixel"
+    assert preset_from_dict(data, "config.json") == pixel
+    # folders written before the setting existed keep upstream's GroupNorm
+    del data["vae"]["norm"]
+    assert preset_from_dict(data, "config.json").vae.norm == "group"
+    with pytest.raises(ValueError, match=r"norm must be one of .*'layer'"):
+        replace(demo.vae, norm="layer")
+
+
+@pytest.mark.parametrize("norm", ["pixel", "group_rms"])
+def test_every_norm_keeps_the_state_dict_keys(norm: str) -> None:
+    group = BSQVAE(TINY).state_dict()
+    other = BSQVAE(replace(TINY, norm=norm)).state_dict()
+    assert [(k, v.shape) for k, v in other.items()] == [(k, v.shape) for k, v in group.items()]
+    BSQVAE(replace(TINY, norm=norm)).load_state_dict(group, strict=True)
+
+
+def test_group_norm_amplifies_a_near_flat_map_and_the_rms_norms_do_not() -> None:
+    # the droplet mechanism: GroupNorm divides by the (tiny) spread of a nearly constant map, so a 1e-3
+    # bump comes out about 1000x stronger (eps 1e-6 bounds it); norms without the mean subtraction keep
+    # it at about its true size
+    x = torch.full((1, 16, 16, 16), 0.7)
+    x[..., 0, 0] += 1e-3
+    for kind, limit in (("pixel", 1e-2), ("group_rms", 1e-2)):
+        y = Norm(16, kind)(x).detach()
+        assert float((y - y[..., 8:9, 8:9]).abs().max()) < limit, kind
+    y = Norm(16, "group")(x).detach()
+    assert float((y - y[..., 8:9, 8:9]).abs().max()) > 0.5
+
+
+def test_pixel_norm_has_no_spatial_statistics_and_matches_its_formula() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 5, 5, generator=g)
+    norm = Norm(8, "pixel")
+    inner = norm.norm
+    assert isinstance(inner, RMSNorm2d)
+    with torch.no_grad():
+        inner.weight.copy_(torch.randn(8, generator=g))
+        inner.bias.copy_(torch.randn(8, generator=g))
+        y = norm(x)
+    w, b = inner.weight.detach()[:, None, None], inner.bias.detach()[:, None, None]
+    expected = x * torch.rsqrt(x.square().mean(1, keepdim=True) + 1e-6) * w + b
+    assert torch.allclose(y, expected, atol=1e-6)
+    # a spot elsewhere leaves every other pixel unchanged (GroupNorm would rescale them all)
+    spot = x.clone()
+    spot[..., 0, 0] *= 100
+    assert torch.equal(norm(spot)[..., 1:, :], y[..., 1:, :])
 
 
 # ---------------------------------------------------------------------------------------------------------

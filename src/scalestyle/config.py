@@ -107,7 +107,13 @@ VAE_NORMS = ("group", "pixel", "group_rms")
 
 @dataclass(frozen=True)
 class BSQVAEConfig:
-    """The BSQ multi-scale VAE (upstream `bsq_vae/flux_vqgan.py` with `MultiScaleBSQ`)."""
+    """The BSQ multi-scale VAE (upstream `bsq_vae/flux_vqgan.py` with `MultiScaleBSQ`).
+
+    ``norm`` is the normalization of every encoder and decoder block: ``"group"`` is upstream's GroupNorm
+    (the official VAEs); ``"pixel"`` (RMS over the channels of each pixel) and ``"group_rms"`` (GroupNorm
+    without the mean subtraction) avoid the "droplet" of a GroupNorm decoder (StyleGAN2, Karras et al.
+    2020), see :class:`scalestyle.models.bsq_vae.Norm`.
+    """
 
     codebook_dim: int
     patch_size: int
@@ -115,8 +121,11 @@ class BSQVAEConfig:
     base_ch: int = 128
     num_res_blocks: int = 2
     spatial_patchify: bool = False
+    norm: str = "group"
 
     def __post_init__(self) -> None:
+        if self.norm not in VAE_NORMS:
+            raise ValueError(f"norm must be one of {VAE_NORMS}, got {self.norm!r}")
         _check_positive("codebook_dim", self.codebook_dim)
         _check_positive("base_ch", self.base_ch)
         _check_positive("num_res_blocks", self.num_res_blocks)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from scalestyle.config import BSQVAEConfig, SamplingConfig
+from scalestyle.config import VAE_NORMS, BSQVAEConfig, SamplingConfig
 from scalestyle.scale_model import Draw
 from scalestyle.schedules import Schedule
 
@@ -56,12 +56,58 @@ def group_norm_groups(channels: int) -> int:
     return 1
 
 
-class Norm(nn.Module):
-    """GroupNorm (eps 1e-6, affine) wrapped as upstream's ``Normalize``, hence keys ``<name>.norm.weight``."""
+class RMSNorm2d(nn.Module):
+    """``x / sqrt(mean(x^2) + eps) * weight + bias`` with the mean over ``groups`` channel groups.
 
-    def __init__(self, channels: int) -> None:
+    ``spatial`` False takes the mean over each pixel's channels only (``groups`` must be 1): ProGAN's
+    PixelNorm with an affine. True takes it over the group's channels and all pixels: GroupNorm without
+    the mean subtraction. Neither subtracts a mean, so a constant map stays constant (GroupNorm divides
+    its near-zero variance and amplifies the border effects of the convs' zero padding into a spot). The
+    pixel variant also has no spatial statistics, so one strong spot cannot rescale the rest of the image,
+    which is how StyleGAN's generator sneaked signal past GroupNorm (the droplet). Parameters are named
+    and shaped like GroupNorm's, so checkpoints keep their keys. Computed in float32 like GroupNorm under
+    autocast.
+    """
+
+    def __init__(self, channels: int, groups: int, *, spatial: bool, eps: float = 1e-6) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(group_norm_groups(channels), channels, eps=1e-6, affine=True)
+        if channels % groups or (groups != 1 and not spatial):
+            raise ValueError(f"groups {groups} must divide channels {channels} (1 without spatial)")
+        self.groups, self.spatial, self.eps = groups, spatial, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        x = x_BCHW.float()
+        if self.spatial:
+            B, C = x.shape[:2]
+            ms = x.reshape(B, self.groups, -1).square().mean(-1)  # (B, G)
+            ms = ms.repeat_interleave(C // self.groups, dim=1)[:, :, None, None]
+        else:
+            ms = x.square().mean(1, keepdim=True)
+        y = x * torch.rsqrt(ms + self.eps)
+        y = y * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]
+        return y.to(x_BCHW.dtype)
+
+
+class Norm(nn.Module):
+    """The blocks' normalization, wrapped as upstream's ``Normalize``, hence keys ``<name>.norm.weight``.
+
+    ``kind`` is :attr:`BSQVAEConfig.norm`: ``"group"`` is upstream's GroupNorm (eps 1e-6, affine),
+    ``"pixel"`` and ``"group_rms"`` are :class:`RMSNorm2d` without and with spatial statistics.
+    """
+
+    def __init__(self, channels: int, kind: str = "group") -> None:
+        super().__init__()
+        self.norm: nn.Module
+        if kind == "group":
+            self.norm = nn.GroupNorm(group_norm_groups(channels), channels, eps=1e-6, affine=True)
+        elif kind == "pixel":
+            self.norm = RMSNorm2d(channels, 1, spatial=False)
+        elif kind == "group_rms":
+            self.norm = RMSNorm2d(channels, group_norm_groups(channels), spatial=True)
+        else:
+            raise ValueError(f"norm must be one of {VAE_NORMS}, got {kind!r}")
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         return self.norm(x_BCHW)
@@ -86,11 +132,11 @@ def swish(x: torch.Tensor) -> torch.Tensor:
 class ResnetBlock(nn.Module):
     """``x' + conv2(swish(norm2(conv1(swish(norm1(x))))))`` with x' a 1x1 projection when widths differ."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, norm: str = "group") -> None:
         super().__init__()
-        self.norm1 = Norm(c_in)
+        self.norm1 = Norm(c_in, norm)
         self.conv1 = Conv(c_in, c_out, 3, padding=1)
-        self.norm2 = Norm(c_out)
+        self.norm2 = Norm(c_out, norm)
         self.conv2 = Conv(c_out, c_out, 3, padding=1)
         # only registered when needed: the state dict has no nin_shortcut for same-width blocks
         self.nin_shortcut = Conv(c_in, c_out, 1) if c_in != c_out else None
@@ -148,10 +194,10 @@ class _Level(nn.Module):
 
 
 class _Mid(nn.Module):
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, norm: str = "group") -> None:
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels)
-        self.block_2 = ResnetBlock(channels, channels)
+        self.block_1 = ResnetBlock(channels, channels, norm)
+        self.block_2 = ResnetBlock(channels, channels, norm)
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.block_1(x_BCHW))
@@ -170,12 +216,12 @@ class Encoder(nn.Module):
         for i, m in enumerate(mult):
             blocks = []
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResnetBlock(c_in, ch * m))
+                blocks.append(ResnetBlock(c_in, ch * m, cfg.norm))
                 c_in = ch * m
             levels.append(_Level(blocks, Downsample(c_in) if i < num_down else None))
         self.down = nn.ModuleList(levels)
-        self.mid = _Mid(c_in)
-        self.norm_out = Norm(c_in)
+        self.mid = _Mid(c_in, cfg.norm)
+        self.norm_out = Norm(c_in, cfg.norm)
         self.conv_out = Conv(c_in, cfg.codebook_dim, 3, padding=1)
 
     def forward(self, img_B3PP: torch.Tensor) -> torch.Tensor:
@@ -198,16 +244,16 @@ class Decoder(nn.Module):
         ch, mult = cfg.base_ch, cfg.ch_mult
         c_in = ch * mult[-1]
         self.conv_in = Conv(cfg.codebook_dim, c_in, 3, padding=1)
-        self.mid = _Mid(c_in)
+        self.mid = _Mid(c_in, cfg.norm)
         levels: list[_Level] = []
         for i in reversed(range(len(mult))):
             blocks = []
             for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResnetBlock(c_in, ch * mult[i]))
+                blocks.append(ResnetBlock(c_in, ch * mult[i], cfg.norm))
                 c_in = ch * mult[i]
             levels.insert(0, _Level(blocks, Upsample(c_in) if i >= 1 else None))
         self.up = nn.ModuleList(levels)
-        self.norm_out = Norm(c_in)
+        self.norm_out = Norm(c_in, cfg.norm)
         self.conv_out = Conv(c_in, 3, 3, padding=1)
 
     def forward(self, z_BdHW: torch.Tensor) -> torch.Tensor:
