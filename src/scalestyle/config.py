@@ -234,6 +234,10 @@ class VQVAEConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
 
+TEXT_PADDINGS = ("longest", "max_length")
+TEXT_DTYPES = ("float32", "float16")
+
+
 @dataclass(frozen=True)
 class TextEncoderConfig:
     """Where the T5 encoder comes from (a hub id or local directory, or the project's bundled demo) and how
@@ -243,31 +247,27 @@ class TextEncoderConfig:
 
     source: str
     max_length: int = 512
+    padding: str = "longest"
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if not self.source:
-TEXT_PADDINGS = ("longest", "max_length")
-TEXT_DTYPES = ("float32", "float16")
-
-
             raise ValueError("text encoder source must be a non-empty path or hub id")
         if not 1 <= self.max_length <= 4096:
             raise ValueError(f"max_length must be in [1, 4096], got {self.max_length}")
+        if self.padding not in TEXT_PADDINGS:
+            raise ValueError(f"padding must be one of {TEXT_PADDINGS}, got {self.padding!r}")
+        if self.dtype not in TEXT_DTYPES:
+            raise ValueError(f"dtype must be one of {TEXT_DTYPES}, got {self.dtype!r}")
 
 
 @dataclass(frozen=True)
-    padding: str = "longest"
-    dtype: str = "float32"
 class ModelPreset:
     name: str
     transformer: InfinityConfig
     vae: BSQVAEConfig
     text: TextEncoderConfig
     default_pn: str = "1M"
-        if self.padding not in TEXT_PADDINGS:
-            raise ValueError(f"padding must be one of {TEXT_PADDINGS}, got {self.padding!r}")
-        if self.dtype not in TEXT_DTYPES:
-            raise ValueError(f"dtype must be one of {TEXT_DTYPES}, got {self.dtype!r}")
 
     def __post_init__(self) -> None:
         if self.transformer.bits != self.vae.bits_per_token:
