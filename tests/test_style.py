@@ -144,7 +144,7 @@ def test_feature_init_gives_the_generation_path_the_reference_bits(
 ) -> None:
     events: list[ScaleEvent] = []
     run(style_pipe, reference, StyleConfig(convention="B", fine_steps=(4, 5, 6)), on_scale=events.append)
-    ref = style_pipe.reference_bits(reference, get_schedule(1.0, "0.06M"))
+    ref = style_pipe.pipe.reference_tokens(reference, get_schedule(1.0, "0.06M"))
     for si in range(2):
         assert torch.equal(events[si].tokens["gen"], ref[si]) and torch.equal(
             events[si].tokens["sty"], ref[si]

@@ -296,14 +296,16 @@ def test_cfg_uncond_is_truncated_to_the_model_rows() -> None:
     assert torch.equal(model.cfg_uncond.detach(), longer[:6])
 
 
-def test_cfg_uncond_is_padded_with_the_model_own_rows() -> None:
+def test_cfg_uncond_is_padded_with_upstream_initial_rows() -> None:
+    from scalestyle.weights import upstream_cfg_uncond
+
     model = TinyInfinity(rows=6)
-    own = model.cfg_uncond.detach().clone()
     state = random_state(model)
     state["cfg_uncond"] = torch.randn(4, 8)
-    load_infinity_weights(model, state, source="x.pth")
+    with pytest.warns(UserWarning, match=r"4 rows, the model 6.*rows 4\.\.5"):
+        load_infinity_weights(model, state, source="x.pth")
     assert torch.equal(model.cfg_uncond.detach()[:4], state["cfg_uncond"])
-    assert torch.equal(model.cfg_uncond.detach()[4:], own[4:])
+    assert torch.equal(model.cfg_uncond.detach()[4:], upstream_cfg_uncond(6, 8)[4:])
 
 
 def test_bf16_blocks_receive_bf16_values() -> None:

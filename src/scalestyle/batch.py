@@ -176,6 +176,7 @@ def open_batch(
     out_dir: str | Path, jobs: Sequence[StyleJob], settings: Mapping[str, Any], *, overwrite: bool = False
 ) -> Iterator[BatchPlan]:
     """:func:`plan_batch` with the folder's lock held until the block ends (load the model inside it)."""
+    check_out_dir(Path(out_dir))
     with folder_lock(out_dir):
         yield plan_batch(out_dir, jobs, settings, overwrite=overwrite)
 

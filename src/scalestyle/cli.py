@@ -47,13 +47,14 @@ class _Formatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (
-            action.option_strings
-            and action.default not in (None, False, [], argparse.SUPPRESS)
-            and "default" not in text
-        ):
+        if action.option_strings and _shows_default(action.default) and "default" not in text:
             text += " (default: %(default)s)"
         return text
+
+
+def _shows_default(value: object) -> bool:
+    """Whether a default says something (0 does; None, an off switch and an empty list do not)."""
+    return value is not None and value is not False and value != [] and value is not argparse.SUPPRESS
 
 
 # -- argument checks (all before any model loads) ----------------------------------------------------------

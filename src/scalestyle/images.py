@@ -20,11 +20,20 @@ MAX_PIXELS = 64_000_000
 MIN_SIDE = 16
 """Default smallest accepted side in pixels."""
 
+MAX_SIDE = 4096
+"""Images with a longer side are downscaled on open to this long side (LANCZOS, aspect kept): over twice the
+largest generated side (1776 px), so any schedule's preprocessing still only downscales; a 62-megapixel
+JPEG decodes at a half or less of its size (``Image.draft``) instead of in full."""
+
 _WHITE = (255, 255, 255)
 
 
 def load_image(
-    path: str | os.PathLike[str], *, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS
+    path: str | os.PathLike[str],
+    *,
+    min_side: int = MIN_SIDE,
+    max_pixels: int = MAX_PIXELS,
+    max_side: int | None = MAX_SIDE,
 ) -> Image.Image:
     """Read an image file as an RGB PIL image.
 
@@ -32,6 +41,9 @@ def load_image(
     - Transparency (RGBA, LA, palette with transparency) is composited on white rather than dropped.
     - 16-bit and 32-bit grayscale (I;16, I, F) are scaled to 8 bits; CMYK, YCbCr, palette, L and 1 use
       PIL's conversion. Animated files give their first frame.
+    - A long side above ``max_side`` (None: no cap) is downscaled to it while decoding: JPEGs decode at
+      1/2, 1/4 or 1/8 scale first (``Image.draft``), other formats decode and are reduced at once.
+      PIL's decompression-bomb guard stays on.
 
     Raises ValueError, naming the file, when it is missing, not an image, truncated or corrupt, in an
     unsupported mode, has more than ``max_pixels`` pixels, or a side shorter than ``min_side``.
@@ -40,6 +52,8 @@ def load_image(
         raise ValueError(f"min_side must be >= 1, got {min_side}")
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
+    if max_side is not None and max_side < min_side:
+        raise ValueError(f"max_side must be >= min_side {min_side}, got {max_side}")
     name = os.fspath(path)
     if not os.path.isfile(name):
         raise ValueError(f"{name}: no such file")
@@ -62,7 +76,11 @@ def load_image(
         if min(w, h) < min_side:
             raise ValueError(f"{name}: image is {w}x{h}, smaller than the minimum side of {min_side} pixels")
         try:
-            img.load()
+            if max_side is not None and max(w, h) > max_side:
+                # draft (JPEG) before the pixels are read, then one LANCZOS resize to the cap
+                img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            else:
+                img.load()
             return _to_rgb(ImageOps.exif_transpose(img))
         except (OSError, SyntaxError, ValueError) as err:
             # truncated or corrupt pixel data (OSError), or a mode PIL cannot convert (ValueError)

@@ -126,8 +126,10 @@ def run_scales(
             cache.select_rows(keep)
             cond = cond.rows(keep)
         next_hw = schedule.grids[si + 1]
-        inputs = {n: codec.next_input(summed[n], next_hw) for n in layout.paths}
-        x_BLC = model.embed(torch.cat([inputs[name] for name, _, _ in layout.groups()]))
+        # each path's rows are embedded once and repeated for its CFG rows, as upstream does: embedding the
+        # concatenation instead rounds differently for a single row (VAR at batch size 1)
+        embedded = {n: model.embed(codec.next_input(summed[n], next_hw)) for n in layout.paths}
+        x_BLC = torch.cat([embedded[name] for name, _, _ in layout.groups()])
     return summed
 
 

@@ -222,25 +222,33 @@ def _load_torch(path: Path, kind: str) -> Any:
                     raise
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found:
-            raise WeightsError(
-                f"{path}: holds Python objects besides tensors ({found.group(1)}); only plain tensor "
-                "checkpoints are read (weights_only): save the model's state dict alone"
-            ) from None
+        refused = pickle_refusal(path, err)
+        if refused is not None:
+            raise refused from None
         # a zip cut short loses its central directory; a pickle cut short runs out of input
         if kind == "zip" and not zipfile.is_zipfile(path):
             raise WeightsError(f"{path}: truncated or corrupt checkpoint (incomplete zip archive)") from None
         if isinstance(err, EOFError) or "EOF" in str(err):
             raise WeightsError(f"{path}: truncated or corrupt checkpoint ({_brief(err)})") from None
-        if "Weights only load failed" in str(err):
-            # torch's text here is advice about weights_only=False; the last line names the problem
-            detail = str(err).split("WeightsUnpickler error:")[-1]
-            raise WeightsError(
-                f"{path}: not a plain tensor checkpoint (refused by weights_only loading: "
-                f"{_brief(RuntimeError(detail.split('Check the documentation')[0]))})"
-            ) from None
         raise WeightsError(f"{path}: cannot read the checkpoint ({_brief(err)})") from None
+
+
+_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
+
+
+def pickle_refusal(path: str | Path, err: BaseException) -> WeightsError | None:
+    """The one-line error for a checkpoint that torch's safe (``weights_only``) unpickler refused, or None
+    for any other error. torch's own text advises turning the safety off, which would run whatever code
+    the file carries: it is never passed on."""
+    text = str(err)
+    if "Weights only load failed" not in text and not _GLOBAL.search(text):
+        return None
+    found = _GLOBAL.search(text)
+    what = found.group(1) if found else "objects the safe unpickler does not allow"
+    return WeightsError(
+        f"{path}: holds Python objects besides tensors ({what}); refused, nothing in it was run: only "
+        "plain tensor checkpoints are loaded: save the model's state dict alone (or as .safetensors)"
+    )
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -512,10 +520,30 @@ def adapt_infinity_state(
         if ckpt.shape[0] > rows:
             out["cfg_uncond"] = ckpt[:rows]
         elif ckpt.shape[0] < rows:
-            # pad with the model's own initialised rows, as upstream does for a longer text_maxlen
-            pad = own.detach()[ckpt.shape[0] :].to(device=ckpt.device, dtype=ckpt.dtype)
-            out["cfg_uncond"] = torch.cat((ckpt, pad), dim=0)
+            if own.is_meta:
+                # a meta-device model (shape checks only) has no rows to pad with
+                out["cfg_uncond"] = torch.empty(own.shape, device="meta")
+            else:
+                # upstream's load_state_dict pads with the rows its constructor drew, whatever this
+                # model's own rows hold (zeros before init_weights)
+                n = ckpt.shape[0]
+                pad = upstream_cfg_uncond(rows, own.shape[1])[n:].to(device=ckpt.device, dtype=ckpt.dtype)
+                out["cfg_uncond"] = torch.cat((ckpt, pad), dim=0)
+                warnings.warn(
+                    f"cfg_uncond: the checkpoint has {n} rows, the model {rows} (its text_maxlen); rows "
+                    f"{n}..{rows - 1}, the unconditional features of caption tokens past {n}, are upstream's "
+                    "initial rows (trunc_normal std 1.2, generator seed 0, / sqrt(text channels)), untrained",
+                    stacklevel=2,
+                )
     return out
+
+
+def upstream_cfg_uncond(rows: int, channels: int) -> torch.Tensor:
+    """The ``cfg_uncond`` rows upstream's ``Infinity.__init__`` draws: ``trunc_normal_(std=1.2)`` (bounds
+    +-2) from a CPU generator seeded 0, divided by sqrt(Ct5)."""
+    table = torch.empty(rows, channels)
+    torch.nn.init.trunc_normal_(table, std=1.2, generator=torch.Generator().manual_seed(0))
+    return table / channels**0.5
 
 
 def load_infinity_weights(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
@@ -1000,18 +1028,27 @@ def download(
         raise WeightsError(f"no official weights for {preset_name!r}; choose one of {known}")
     layout = OFFICIAL_LAYOUTS[preset_name]
     out = Path(dest).expanduser()
+    # everything lands in a hidden sibling first, moved into ``out`` only once complete: a failed download
+    # leaves no folder that a later load would take for a broken model (a retry resumes the sibling)
+    staging = out.with_name(f".{out.name}.partial")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        staging.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise WeightsError(f"cannot create {out}: {_brief(err)}") from None
-    _snapshot(HUB_REPO, layout.allow_patterns, out, token)
-    for part in (layout.transformer, layout.vae):
-        if not (out / part).exists():
-            raise WeightsError(f"the hub snapshot of {HUB_REPO} has no {part}; nothing was loaded into {out}")
-    text_dir: str | None = None
-    if text_encoder:
-        _snapshot(TEXT_ENCODER_REPO, TEXT_ENCODER_PATTERNS, out / TEXT_ENCODER_DIR, token)
-        text_dir = TEXT_ENCODER_DIR
+        raise WeightsError(f"cannot create {staging}: {_brief(err)}") from None
+    try:
+        _snapshot(HUB_REPO, layout.allow_patterns, staging, token)
+        for part in (layout.transformer, layout.vae):
+            if not (staging / part).exists():
+                raise WeightsError(
+                    f"the hub snapshot of {HUB_REPO} has no {part}; nothing was written to {out}"
+                )
+        text_dir: str | None = None
+        if text_encoder:
+            _snapshot(TEXT_ENCODER_REPO, TEXT_ENCODER_PATTERNS, staging / TEXT_ENCODER_DIR, token)
+            text_dir = TEXT_ENCODER_DIR
+    except WeightsError:
+        _remove_if_empty(staging)
+        raise
     record = {
         "format_version": FORMAT_VERSION,
         "preset": layout.preset,
@@ -1022,10 +1059,22 @@ def download(
         "source": HUB_REPO,
     }
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        for part in (layout.transformer, layout.vae, *([text_dir] if text_dir else [])):
+            if (out / part).is_dir():
+                shutil.rmtree(out / part)
+            os.replace(staging / part, out / part)
         (out / LAYOUT_FILE).write_text(json.dumps(record, indent=2) + "\n")
     except OSError as err:
-        raise WeightsError(f"cannot write {out / LAYOUT_FILE}: {_brief(err)}") from None
+        raise WeightsError(f"cannot write to {out}: {_brief(err)}") from None
+    shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` when the hub wrote nothing into it but its own bookkeeping (``.cache``)."""
+    if folder.is_dir() and all(p.name == ".cache" for p in folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _download_var(layout: OfficialLayout, out: Path, token: str | None) -> Path:

@@ -12,8 +12,8 @@ meaning ``"<content_prompt> in <style_prompt>"``.
   scale and layer the generation path attends with its AdaIN-normalised queries over
   ``[AdaIN(K_gen); K_ref]`` and values ``[V_gen; V_ref]``, AdaIN taking the reference's per-channel mean
   and std over the sequence; the reference path is teacher-forced with the reference image's bits, as
-  the style path of our method. The start scale holds a single token, whose std over the sequence is
-  undefined (NaN), so there the attention is shared without AdaIN.
+  the style path of our method. AdaIN uses the biased std (over one token, the start scale, it is 0 and
+  the normalised tensor is the reference's mean).
 - ``a``..``d``: the ablations of our method (:meth:`StyleConfig.ablation`, the paper's Table 2); ``d``
   is the full method. (a) uses no reference at all and equals ``prompt-only``.
 """
@@ -131,36 +131,20 @@ class StyleAlignedConfig:
         scales = set(range(schedule.num_scales)) if self.scales is None else set(self.scales)
         if scales and max(scales) >= schedule.num_scales:
             raise ValueError(f"scales {sorted(scales)} reach beyond the schedule's {schedule.num_scales}")
-        q_norm, k_norm = AdaIN("gen", "sty", self.eps), AdaIN("gen", "sty", self.eps)
-        shared_v = (From("gen"), From("sty"))
-        # the start scale is one token: its std over the sequence is NaN, so AdaIN is left out there
-        single = {s for s in scales if schedule.grids[s][0] * schedule.grids[s][1] == 1}
-        rules = []
-        if single:
-            rules.append(
-                Rule(
-                    frozenset(single),
-                    "gen",
-                    From("gen"),
-                    (From("gen"), From("sty")),
-                    shared_v,
-                    cfg_rows=self.cfg_rows,
-                    name="stylealigned-start",
-                )
+        if not scales:
+            return []
+        norm = AdaIN("gen", "sty", self.eps)
+        return [
+            Rule(
+                frozenset(scales),
+                "gen",
+                norm if self.adain_queries else From("gen"),
+                (norm if self.adain_keys else From("gen"), From("sty")),
+                (From("gen"), From("sty")),
+                cfg_rows=self.cfg_rows,
+                name="stylealigned",
             )
-        if scales - single:
-            rules.append(
-                Rule(
-                    frozenset(scales - single),
-                    "gen",
-                    q_norm if self.adain_queries else From("gen"),
-                    (k_norm if self.adain_keys else From("gen"), From("sty")),
-                    shared_v,
-                    cfg_rows=self.cfg_rows,
-                    name="stylealigned",
-                )
-            )
-        return rules
+        ]
 
 
 def stylealigned(config: StyleAlignedConfig | None = None) -> MethodFn:
@@ -174,7 +158,7 @@ def stylealigned(config: StyleAlignedConfig | None = None) -> MethodFn:
             raise ValueError("stylealigned needs a style reference image")
         sampling = request.seeded_sampling
         schedule = pipe.schedule_for(h_div_w=sampling.h_div_w, pn=sampling.pn)
-        ref_bits = StylePipeline(pipe).reference_bits(request.ref_image, schedule)
+        ref_bits = pipe.reference_tokens(request.ref_image, schedule)
         text = pipe.encode_text([request.style_prompt, request.generation_prompt])
         plans = [PathPlan("sty", text.rows([0]), given_tokens=ref_bits), PathPlan("gen", text.rows([1]))]
         controller = RuleController(cfg.rules(schedule))

@@ -126,8 +126,10 @@ def _cos_alpha(a: torch.Tensor, b: torch.Tensor, granularity: str) -> torch.Tens
 
 
 def _adain(x: torch.Tensor, ref: torch.Tensor, eps: float) -> torch.Tensor:
-    mu_x, sd_x = x.mean(dim=-2, keepdim=True), x.std(dim=-2, keepdim=True)
-    mu_r, sd_r = ref.mean(dim=-2, keepdim=True), ref.std(dim=-2, keepdim=True)
+    # the biased (population) std, as AdaIN and StyleAligned compute it: defined for one token too, where
+    # the result is the reference's mean
+    mu_x, sd_x = x.mean(dim=-2, keepdim=True), x.std(dim=-2, keepdim=True, unbiased=False)
+    mu_r, sd_r = ref.mean(dim=-2, keepdim=True), ref.std(dim=-2, keepdim=True, unbiased=False)
     return (x - mu_x) / (sd_x + eps) * sd_r + mu_r
 
 

@@ -30,14 +30,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from PIL import Image
 
 from scalestyle.config import SamplingConfig
-from scalestyle.images import load_image, preprocess
+from scalestyle.images import load_image
 from scalestyle.method.rules import CosBlend, From, Rule, RuleController
+from scalestyle.models.var import VAR, ClassLabels
 from scalestyle.pipeline import GenerationOutput, Pipeline
 from scalestyle.sampling import PathPlan, ScaleEvent
 from scalestyle.schedules import Schedule
@@ -163,39 +164,48 @@ class StylePrompts:
     generation: str
 
 
+DEFAULT_STYLE_CAPTION = ""
+"""The style path's caption when no style prompt is given: empty (T5's EOS alone), so the reference's
+teacher-forced bits alone carry the style, and the generation path's caption is the prompt itself. On the
+demo it transfers the style as well as a correct style prompt does (``docs/robustness.md``)."""
+
+
 def make_prompts(
-    prompt: str, style_prompt: str, *, content_prompt: str | None, gen_prompt: str | None
+    prompt: str, style_prompt: str | None, *, content_prompt: str | None, gen_prompt: str | None
 ) -> StylePrompts:
+    """The three paths' captions. ``style_prompt`` None: :data:`DEFAULT_STYLE_CAPTION` for the style path
+    and ``prompt`` for the generation path (a reference image must then carry the style)."""
     if not prompt.strip():
         raise ValueError("prompt must be non-empty text")
+    if style_prompt is None:
+        return StylePrompts(content_prompt or prompt, DEFAULT_STYLE_CAPTION, gen_prompt or prompt)
     if not style_prompt.strip():
-        raise ValueError("style_prompt must be non-empty text (e.g. 'watercolor painting style')")
+        raise ValueError("style_prompt must be non-empty text (e.g. 'watercolor painting style') or None")
     return StylePrompts(content_prompt or prompt, style_prompt, gen_prompt or f"{prompt} in {style_prompt}")
 
 
 class StylePipeline:
-    """Style personalization with a loaded :class:`Pipeline` (same model, same sampling settings)."""
+    """Style personalization with a loaded :class:`Pipeline` (same model, same sampling settings).
+
+    On a text model the three paths take captions (content, style, "<content> in <style>"); on a
+    class-conditional model (VAR) the content and generation paths take ``class_label`` and the style
+    path ``style_class`` (None: the null class, i.e. no claim about what the reference shows), the style
+    path being teacher-forced with the reference's codebook indices as it is with its bits on Infinity."""
 
     def __init__(self, pipe: Pipeline) -> None:
         self.pipe = pipe
 
-    def reference_bits(self, image: Image.Image, schedule: Schedule) -> tuple[torch.Tensor, ...]:
-        stride = self.pipe.preset.vae.stride
-        h, w = schedule.last_grid
-        img_3PP = preprocess(image, (h * stride, w * stride)).to(self.pipe.device)
-        with torch.inference_mode(), self.pipe.autocast():
-            enc = self.pipe.vae.encode_multiscale(img_3PP[None].float(), schedule.grids)
-        return tuple(b.long() for b in enc.bits)
-
     @torch.inference_mode()
     def __call__(
         self,
-        prompt: str,
+        prompt: str | None = None,
         style_image: Image.Image | str | os.PathLike[str] | None = None,
         *,
-        style_prompt: str,
+        style_prompt: str | None = None,
         content_prompt: str | None = None,
         gen_prompt: str | None = None,
+        class_label: int | None = None,
+        style_class: int | None = None,
         style: StyleConfig | None = None,
         sampling: SamplingConfig | None = None,
         on_scale: Callable[[ScaleEvent], None] | None = None,
@@ -211,16 +221,40 @@ class StylePipeline:
         if style_image is None and style.init:
             # text-only style-aligned mode: there are no reference features to initialise from
             style = replace(style, init=False)
-        prompts = make_prompts(prompt, style_prompt, content_prompt=content_prompt, gen_prompt=gen_prompt)
+        if self.pipe.conditioning == "class":
+            if prompt is not None or style_prompt is not None or content_prompt or gen_prompt:
+                raise ValueError(
+                    f"{self.pipe.model_name} is class-conditional: give class_label, not prompts"
+                )
+            if class_label is None:
+                raise ValueError(f"{self.pipe.model_name} is class-conditional: give class_label")
+            conds: tuple[Any, Any, Any]
+            conds, meta = self._class_paths(class_label, style_class)
+        else:
+            if class_label is not None or style_class is not None:
+                raise ValueError(
+                    f"{self.pipe.model_name} is a text-to-image model: give prompts, not class labels"
+                )
+            if prompt is None:
+                raise ValueError("a text model needs the prompt")
+            if style_prompt is None and style_image is None:
+                raise ValueError("without a style image, give the style in words (style_prompt)")
+            prompts = make_prompts(prompt, style_prompt, content_prompt=content_prompt, gen_prompt=gen_prompt)
+            text = self.pipe.encode_text([prompts.content, prompts.style, prompts.generation])
+            conds = (text.rows([0]), text.rows([1]), text.rows([2]))
+            meta = {
+                "prompt": prompts.generation,
+                "content_prompt": prompts.content,
+                "style_prompt": prompts.style,
+            }
         schedule = self.pipe.schedule_for(h_div_w=sampling.h_div_w, pn=sampling.pn)
         controller = RuleController(style.rules(schedule))
-        ref_bits: tuple[torch.Tensor, ...] = ()
+        ref_tokens: tuple[torch.Tensor, ...] = ()
         if style_image is not None:
-            ref_bits = self.reference_bits(style_image, schedule)
+            ref_tokens = self.pipe.reference_tokens(style_image, schedule)
         n_init = style.num_init_scales(schedule)
 
-        text = self.pipe.encode_text([prompts.content, prompts.style, prompts.generation])
-        plans = [PathPlan("con", text.rows([0])), PathPlan("sty", text.rows([1]), given_tokens=ref_bits)]
+        plans = [PathPlan("con", conds[0]), PathPlan("sty", conds[1], given_tokens=ref_tokens)]
         if style.prune:
             # a path no rule reads after some scale stops running there; one never read never runs
             plans = [
@@ -228,13 +262,11 @@ class StylePipeline:
                 for p in plans
                 if controller.last_scale_read(p.name) is not None
             ]
-        plans.append(PathPlan("gen", text.rows([2]), given_tokens=ref_bits[:n_init]))
+        plans.append(PathPlan("gen", conds[2], given_tokens=ref_tokens[:n_init]))
         summed = self.pipe.run_paths(plans, sampling, schedule, controller, on_scale)["gen"]
         images = self.pipe.decode(summed)
         meta = {
-            "prompt": prompts.generation,
-            "content_prompt": prompts.content,
-            "style_prompt": prompts.style,
+            **meta,
             "style_image": bool(style_image is not None),
             "seed": sampling.seed,
             "model": self.pipe.model_name,
@@ -242,3 +274,14 @@ class StylePipeline:
             "style": asdict(style),
         }
         return GenerationOutput(images, summed, [meta])
+
+    def _class_paths(
+        self, class_label: int, style_class: int | None
+    ) -> tuple[tuple[ClassLabels, ClassLabels, ClassLabels], dict[str, Any]]:
+        content = self.pipe.class_labels([class_label])
+        if style_class is not None:
+            sty = self.pipe.class_labels([style_class])
+        else:
+            assert isinstance(self.pipe.transformer, VAR)  # conditioning "class"
+            sty = self.pipe.transformer.null_condition(content)
+        return (content, sty, content), {"class_label": class_label, "style_class": style_class}

@@ -6,11 +6,18 @@ legacy=True)`` and ``T5EncoderModel.from_pretrained``), encoding `tools/run_infi
 Packing keeps only each caption's real tokens (EOS included), concatenated along one axis with their
 lengths; the transformer never sees padding.
 
-One deliberate difference: upstream pads every caption to ``max_length`` (512); here a batch is padded to
-its longest caption by default. T5 masks padded keys out of every attention and has no absolute positions,
-so the features of real tokens do not depend on the amount of padding (up to float rounding of the
-reductions, about 1e-6 relative; see tests/test_text_encoder.py). For Flan-T5-XL and a 30-token prompt
-that is ~17x less work. ``padding="max_length"`` restores upstream's behaviour exactly.
+Upstream pads every caption to ``max_length`` (512) and runs T5 with fp16 weights (under bf16 autocast on
+CUDA in `run_infinity.py`'s ``__main__``); the official presets do exactly that
+(:class:`scalestyle.config.TextEncoderConfig` ``padding="max_length", dtype="float16"``, on CPU too, where
+upstream's CUDA autocast is a no-op), which reproduces upstream's features bit for bit. The demo and
+user-trained folders default to padding a batch to its longest caption, in fp32: T5 masks padded keys out
+of every attention and has no absolute positions, so the features of real tokens do not depend on the
+amount of padding, up to float rounding of the reductions (about 1e-6 relative in fp32, 1e-3 in fp16; see
+tests/test_text_encoder.py). For Flan-T5-XL and a 30-token prompt that is ~17x less work, but the rounding
+is enough to flip a sampled bit now and then, so it is not used where upstream is to be reproduced.
+
+Words a tokenizer cannot represent (``<unk>``) and captions cut at ``max_length`` are reported with a
+:class:`CaptionWarning` naming the words lost and the tokens kept.
 
 transformers is imported inside functions: importing it costs ~0.7 s, which commands that never encode
 text should not pay.
@@ -20,8 +27,9 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -202,8 +210,15 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
     return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": dtype}
 
 
+class CaptionWarning(UserWarning):
+    """Part of a caption does not reach the encoder: unknown words, or tokens past ``max_length``."""
+
+
 class TextEncoder:
-    """A frozen T5 encoder and its tokenizer, turning captions into :class:`PackedText`."""
+    """A frozen T5 encoder and its tokenizer, turning captions into :class:`PackedText`.
+
+    ``cuda_autocast``: on a CUDA device, encode under bf16 autocast, as upstream's `run_infinity.py` does
+    (its fp16 T5 then runs its matmuls in bf16)."""
 
     def __init__(
         self,
@@ -212,6 +227,7 @@ class TextEncoder:
         *,
         max_length: int = 512,
         padding: Padding = "longest",
+        cuda_autocast: bool = False,
     ) -> None:
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
@@ -231,6 +247,7 @@ class TextEncoder:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.padding: Padding = padding
+        self.cuda_autocast = cuda_autocast
 
     @classmethod
     def from_pretrained(
@@ -256,7 +273,19 @@ class TextEncoder:
             check_t5_dir(resolved)
             with _no_transformers_progress_bar():
                 tokenizer = _load_tokenizer(resolved, local_files_only=True)
-                model = T5EncoderModel.from_pretrained(resolved, local_files_only=True, **_dtype_kwarg(dtype))
+                try:
+                    model = T5EncoderModel.from_pretrained(
+                        resolved, local_files_only=True, **_dtype_kwarg(dtype)
+                    )
+                except Exception as err:  # transformers' and torch's errors are many lines
+                    from scalestyle.weights import pickle_refusal
+
+                    found = [resolved / f for f in _WEIGHT_FILES if (resolved / f).is_file()]
+                    refused = pickle_refusal(found[0] if found else resolved, err)
+                    if refused is not None:
+                        raise refused from None
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    raise ValueError(f"{resolved}: cannot load the T5 encoder ({first[:200]})") from None
         else:
             try:
                 tokenizer = _load_tokenizer(resolved, local_files_only=local_files_only)
@@ -281,20 +310,23 @@ class TextEncoder:
         cls,
         cfg: TextEncoderConfig,
         *,
+        source: str | Path | None = None,
         device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
         local_files_only: bool = False,
-        padding: Padding = "longest",
     ) -> TextEncoder:
-        """The encoder a preset names, truncating at its ``max_length``."""
-        return cls.from_pretrained(
-            cfg.source,
+        """The encoder a preset describes: its ``max_length``, ``padding`` and ``dtype`` (fp16 also runs
+        under bf16 autocast on CUDA, upstream's path), loaded from ``source`` (default: ``cfg.source``;
+        a model folder passes its resolved text encoder directory)."""
+        encoder = cls.from_pretrained(
+            cfg.source if source is None else source,
             device=device,
-            dtype=dtype,
+            dtype=torch.float16 if cfg.dtype == "float16" else torch.float32,
             local_files_only=local_files_only,
             max_length=cfg.max_length,
-            padding=padding,
+            padding="max_length" if cfg.padding == "max_length" else "longest",
         )
+        encoder.cuda_autocast = cfg.dtype == "float16"
+        return encoder
 
     @property
     def width(self) -> int:
@@ -313,6 +345,7 @@ class TextEncoder:
         """``(input_ids_BT, attention_mask_BT)`` on the encoder's device, EOS appended, truncated."""
         if isinstance(prompts, str):
             raise TypeError("prompts must be a sequence of strings, not a single string")
+        self._warn_lost(prompts)
         tokens = self.tokenizer(
             list(prompts),
             max_length=self.max_length,
@@ -321,6 +354,33 @@ class TextEncoder:
             return_tensors="pt",
         )
         return tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
+
+    def _warn_lost(self, prompts: Sequence[str]) -> None:
+        """A :class:`CaptionWarning` per caption that loses words: unknown to the vocabulary, or cut."""
+        fast = bool(getattr(self.tokenizer, "is_fast", False))
+        full = self.tokenizer(list(prompts), truncation=False, return_offsets_mapping=fast)
+        unk = self.tokenizer.unk_token_id
+        for i, prompt in enumerate(prompts):
+            ids = full["input_ids"][i]
+            lost = []
+            if unk is not None and unk in ids:
+                if fast:
+                    spans = [full["offset_mapping"][i][j] for j, t in enumerate(ids) if t == unk]
+                    words = [prompt[a:b] for a, b in spans]
+                else:
+                    words = ["?"] * ids.count(unk)
+                lost.append(f"unknown to the vocabulary (read as {self.tokenizer.unk_token}): {words}")
+            if len(ids) > self.max_length:
+                # truncation keeps the first max_length - 1 tokens and the EOS
+                cut = self.tokenizer.decode(ids[self.max_length - 1 : -1], skip_special_tokens=True)
+                lost.append(f"cut at {self.max_length} of its {len(ids)} tokens, dropping {cut[:80]!r}")
+            if lost:
+                kept = min(len(ids), self.max_length)
+                warnings.warn(
+                    f"caption {prompt[:60]!r}: {'; '.join(lost)}; the encoder reads {kept} tokens",
+                    CaptionWarning,
+                    stacklevel=4,
+                )
 
     def encode(self, prompts: Sequence[str], batch_size: int = 32) -> PackedText:
         """Packed fp32 features of every caption's real tokens (EOS included), in ``batch_size`` chunks.
@@ -334,9 +394,14 @@ class TextEncoder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         parts = []
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.cuda_autocast and self.device.type == "cuda"
+            else nullcontext()
+        )
         for start in range(0, len(prompts), batch_size):
             ids_BT, mask_BT = self.tokenize(prompts[start : start + batch_size])
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast:
                 feats_BTE = self.model(input_ids=ids_BT, attention_mask=mask_BT).last_hidden_state
             # Packed outside inference mode, so the result is an ordinary tensor: inference tensors cannot
             # be saved for backward, and training feeds these features to layers that need their gradients.
