@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 
 from scalestyle.config import SamplingConfig
@@ -37,6 +38,7 @@ def test_demo_loads_and_generates_in_seconds() -> None:
     assert torch.isfinite(out.summed_codes_BdHW).all()
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the CI's slow step
 def test_demo_draws_the_asked_content_well_above_chance() -> None:
     """A guard against shipping a model that ignores its captions: 16 contents in one training style,
     judged by the shipped content classifier (chance 1/16; the model card measures 74% over 336; this

@@ -81,6 +81,7 @@ TINY_STEPS = FolderTrainConfig(
 )
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the CI's slow step
 def test_train_from_scratch_writes_a_loadable_model(tmp_path: Path) -> None:
     data = make_folder(tmp_path / "data")
     out = train_on_folder(data, tmp_path / "model", tmp_path / "work", TINY_STEPS, progress=False)
@@ -115,6 +116,7 @@ def test_fine_tuning_starts_from_the_given_model_and_keeps_its_vae(
     assert max(moved) < 0.05 and max(moved) > 0
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the CI's slow step
 def test_cli_train_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = make_folder(tmp_path / "data")
     base = ["train", "folder", "--out", str(tmp_path / "m"), "--work-dir", str(tmp_path / "w"), "--quiet"]

@@ -85,6 +85,7 @@ def test_style_method_is_unchanged(demo: Pipeline) -> None:
     assert _record(text_only) == GOLDEN["stylize_text_only"]
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the CI's slow step
 def test_baseline_and_analyses_are_unchanged(demo: Pipeline) -> None:
     request = Request(world.content_caption("tree"), world.style_caption("crayon"), REF, 4, SamplingConfig())
     assert [_image_digest(METHODS["stylealigned"](demo, request))] == GOLDEN["stylealigned"]["images"]

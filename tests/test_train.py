@@ -162,6 +162,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the CI's slow step
 def test_vae_checkpoint_resumes_to_the_same_state(tmp_path: Path) -> None:
     cfg = VAETrainConfig(steps=4, batch_size=2, ckpt_every=2, log_every=1)
     full = train_vae(PRESET.vae, cfg, images, SCHEDULE.grids, tmp_path / "full", progress=False)
@@ -178,6 +179,7 @@ def test_vae_checkpoint_resumes_to_the_same_state(tmp_path: Path) -> None:
         assert torch.equal(a, b), k
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the CI's slow step
 def test_transformer_checkpoint_resumes_to_the_same_state(tmp_path: Path) -> None:
     cfg = TransformerTrainConfig(steps=3, batch_size=2, ckpt_every=1, log_every=1)
     vae = tiny_vae()
