@@ -85,11 +85,15 @@ class BatchLayout:
 class AttnSite:
     """Where an attention call happens. ``scale`` is the 0-based scale index (0 = the start token), or
     None in the teacher-forced forward over all scales at once, where ``query_scales_L`` gives the scale
-    of every query token instead (so a rule or an adapter can act per scale in training too)."""
+    of every query token instead (so a rule or an adapter can act per scale in training too).
+
+    ``kind``: ``"self"`` (image tokens attend to image tokens), ``"cross"`` (image tokens attend to caption
+    tokens), or StyleVAR's two guided calls, ``"style_guide"`` and ``"content_guide"``: the queries come from
+    that guide image's tokens, the keys and values from the image being generated."""
 
     layer: int
     scale: int | None
-    kind: Literal["self", "cross"]
+    kind: Literal["self", "cross", "style_guide", "content_guide"]
     layout: BatchLayout
     query_scales_L: torch.Tensor | None = field(default=None, compare=False)
 

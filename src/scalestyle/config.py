@@ -191,6 +191,72 @@ class VARConfig:
         return sum(pn * pn for pn in self.patch_nums)
 
 
+# StyleVAR's per-scale alpha (coarse to fine) in the authors' builder and at inference
+# (`models/__init__.py::build_vae_stylevar` of Senfier-LiqiJing/StyleVAR)
+STYLEVAR_ALPHAS = (0.2, 0.3, 0.4, 0.4, 0.5, 0.5, 0.6, 0.6, 0.7, 0.8)
+
+
+@dataclass(frozen=True)
+class StyleVARConfig:
+    """The StyleVAR transformer (`models/style_var.py::StyleVAR` of Senfier-LiqiJing/StyleVAR as
+    `build_vae_stylevar` builds it: VAR's sizes, ``heads = depth``, ``width = 64 * depth``), whose blocks
+    attend from the content and style guides to the image being generated.
+
+    ``alphas`` is the style share of each scale's blended attention (coarse to fine); ``resnet_width`` the
+    first stage width of the two ResNet-18 trunks (64 for ResNet-18; their global vector has 8x as many
+    channels). ``double_append`` reproduces the authors' KV cache, which stores the target keys twice per
+    block while sampling (both guide calls append them); the default appends them once, as training sees
+    them."""
+
+    depth: int
+    width: int
+    heads: int
+    patch_nums: tuple[int, ...]
+    alphas: tuple[float, ...]
+    vocab_size: int = 4096
+    z_channels: int = 32
+    resnet_width: int = 64
+    attn_l2_norm: bool = True
+    mlp_ratio: float = 4.0
+    norm_eps: float = 1e-6
+    double_append: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "width", "heads", "vocab_size", "z_channels", "resnet_width"):
+            _check_positive(name, getattr(self, name))
+        _check_positive("mlp_ratio", self.mlp_ratio)
+        if not 0 < self.norm_eps < 1:
+            raise ValueError(f"norm_eps must be in (0, 1), got {self.norm_eps}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
+        _check_patch_nums(self.patch_nums)
+        if len(self.alphas) != len(self.patch_nums):
+            raise ValueError(
+                f"alphas {self.alphas} must give one value per scale ({len(self.patch_nums)} scales)"
+            )
+        if any(not 0 <= a <= 1 for a in self.alphas):
+            raise ValueError(f"alphas must each be in [0, 1], got {self.alphas}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        # upstream style_basic_var.py::AdaLNCrossAttn: round(C * mlp_ratio), as VAR
+        return round(self.width * self.mlp_ratio)
+
+    @property
+    def num_tokens(self) -> int:
+        """L: tokens of all scales together (680 for the 256px schedule)."""
+        return sum(pn * pn for pn in self.patch_nums)
+
+    @property
+    def global_dim(self) -> int:
+        """Channels of a ResNet-18 trunk's pooled vector (512 at ``resnet_width`` 64)."""
+        return 8 * self.resnet_width
+
+
 def _check_patch_nums(patch_nums: tuple[int, ...]) -> None:
     # two scales at least: upstream's CFG ramp and phi selection divide by (number of scales - 1)
     if len(patch_nums) < 2 or any(pn < 1 for pn in patch_nums):
@@ -406,3 +472,61 @@ def get_preset(name: str, kind: type[Any] = ModelPreset) -> ModelPreset | VARPre
         wanted = sorted(k for k, v in PRESETS.items() if isinstance(v, kind))
         raise ValueError(f"model preset {name!r} is {family} preset; choose one of {wanted} here")
     return preset
+
+
+@dataclass(frozen=True)
+class StyleVARPreset:
+    """A StyleVAR model: the transformer and the VQ-VAE that tokenizes its target and guide images."""
+
+    name: str
+    transformer: StyleVARConfig
+    vae: VQVAEConfig
+
+    def __post_init__(self) -> None:
+        t, v = self.transformer, self.vae
+        if (t.vocab_size, t.z_channels) != (v.vocab_size, v.z_channels):
+            raise ValueError(
+                f"transformer (V {t.vocab_size}, Cvae {t.z_channels}) does not fit its VQ-VAE "
+                f"(V {v.vocab_size}, Cvae {v.z_channels})"
+            )
+
+    @property
+    def image_size(self) -> int:
+        """Pixels along one side of the content, style and generated images."""
+        return self.transformer.patch_nums[-1] * self.vae.downsample
+
+
+# A table of its own: StyleVAR takes two images, not a caption or a class, so no text or class pipeline
+# may pick one of these up from PRESETS.
+STYLEVAR_PRESETS: dict[str, StyleVARPreset] = {
+    # `build_vae_stylevar` defaults: VAR-d20 with the official VQ-VAE, two ResNet-18 trunks
+    "stylevar-d20": StyleVARPreset(
+        "stylevar-d20",
+        StyleVARConfig(depth=20, width=1280, heads=20, patch_nums=_VAR_256, alphas=STYLEVAR_ALPHAS),
+        VQVAEConfig(),
+    ),
+    # Tiny StyleVAR for tests: var-tiny's sizes, ResNet trunks of width 8 (a 64-d global vector).
+    "stylevar-tiny": StyleVARPreset(
+        "stylevar-tiny",
+        StyleVARConfig(
+            depth=2,
+            width=128,
+            heads=2,
+            patch_nums=(1, 2, 3, 4),
+            alphas=(0.2, 0.4, 0.6, 0.8),
+            vocab_size=64,
+            z_channels=8,
+            resnet_width=8,
+        ),
+        VQVAEConfig(vocab_size=64, z_channels=8, ch=32, num_scales=4),
+    ),
+}
+
+
+def get_stylevar_preset(name: str) -> StyleVARPreset:
+    try:
+        return STYLEVAR_PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown StyleVAR preset {name!r}; choose one of {sorted(STYLEVAR_PRESETS)}"
+        ) from None
