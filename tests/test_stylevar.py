@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from scalestyle.attention import AttnSite
-from scalestyle.config import SamplingConfig, StyleVARConfig, get_stylevar_preset
+from scalestyle.config import SamplingConfig, StyleVARConfig, VARPreset, get_preset, get_stylevar_preset
 from scalestyle.models.stylevar import StyleVAR, TransferInputs, effective_alphas
+from scalestyle.models.var import VAR
 from scalestyle.models.vqvae import VQVAE, IndexCodec
 from scalestyle.sampling import PathPlan, ScaleEvent, run_scales
 from scalestyle.schedules import var_schedule
+from scalestyle.stylevar_weights import (
+    download_stylevar,
+    init_from_var,
+    load_stylevar_models,
+    load_stylevar_weights,
+    resolve_stylevar_files,
+    trunk_state_from_torchvision,
+)
+from scalestyle.weights import LAYOUT_FILE, VQVAE_FILE, WeightsError, read_state_dict
 
 PRESET = get_stylevar_preset("stylevar-tiny")
 SAMPLING = SamplingConfig(cfg=0, top_k=30, top_p=0.96, seed=3)
@@ -51,7 +65,7 @@ def tiny_vqvae(seed: int = 0) -> VQVAE:
 def images(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     size = PRESET.image_size
-    return tuple(torch.rand(batch, 3, size, size, generator=g) * 2 - 1 for _ in range(2))  # type: ignore[return-value]
+    return tuple(torch.rand(batch, 3, size, size, generator=g) * 2 - 1 for _ in range(2))
 
 
 def inputs(vqvae: VQVAE, model: StyleVAR, batch: int = 2, seed: int = 0) -> TransferInputs:
@@ -67,14 +81,14 @@ def sample(model: StyleVAR, vqvae: VQVAE, raw: TransferInputs, **plan: object):
     real = model.logits
 
     def recording(hidden: torch.Tensor, cond: object) -> torch.Tensor:
-        out = real(hidden, cond)  # type: ignore[arg-type]
+        out = real(hidden, cond)
         logits.append(out)
         return out
 
     def on_scale(event: ScaleEvent) -> None:
         tokens.append(event.tokens["gen"])
 
-    model.logits = recording  # type: ignore[method-assign]
+    model.logits = recording
     try:
         with torch.no_grad():
             f_hat = run_scales(
@@ -161,7 +175,7 @@ def test_identity_controller_is_bit_identical_and_sees_both_guide_calls() -> Non
     tokens, logits, f_hat = sample(model, vqvae, raw)
     sites: list[AttnSite] = []
 
-    def identity(site: AttnSite, q, k, v, bias, attend):  # type: ignore[no-untyped-def]
+    def identity(site: AttnSite, q, k, v, bias, attend):
         sites.append(site)
         return attend(q, k, v, bias)
 
@@ -181,7 +195,7 @@ def test_identity_controller_is_bit_identical_and_sees_both_guide_calls() -> Non
     with torch.no_grad(), model.control.install(identity):
         model(teacher, model.condition([raw]), model.schedule)
     assert len(sites) == 2 * depth and all(s.scale is None for s in sites)
-    assert all(torch.equal(s.query_scales_L, model.lvl_1L[0]) for s in sites)  # type: ignore[arg-type]
+    assert all(torch.equal(s.query_scales_L, model.lvl_1L[0]) for s in sites)
 
 
 def test_cfg_rows_take_the_content_as_their_style() -> None:
@@ -243,3 +257,168 @@ def test_meta_build_of_d20_has_the_released_key_layout() -> None:
     trunk = sum(p.numel() for n, p in model.named_parameters() if n.startswith("style_encoder."))
     total = sum(p.numel() for p in model.parameters())
     assert round(trunk / 1e5) == 112 and round((total - 2 * trunk) / 1e5) == 6986
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def raises_one_line(fn: Callable[[], Any], *parts: str) -> str:
+    with pytest.raises(WeightsError) as info:
+        fn()
+    message = str(info.value)
+    assert "\n" not in message
+    for part in parts:
+        assert part in message, message
+    return message
+
+
+def released_file(tmp_path: Path, state: dict[str, torch.Tensor], name: str = "StyleVAR_SFT.pth") -> Path:
+    """Saved as the authors release it: the state dict under ``model``, the optimiser state beside it."""
+    path = tmp_path / name
+    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]}}, path)
+    return path
+
+
+def meta_model() -> StyleVAR:
+    with torch.device("meta"):
+        return StyleVAR(PRESET.transformer)
+
+
+def test_released_checkpoint_loads_strictly_on_meta(tmp_path: Path) -> None:
+    model = tiny_model()
+    path = released_file(tmp_path, model.state_dict())
+    loaded = meta_model()
+    load_stylevar_weights(loaded, read_state_dict(path), source=str(path))
+    mine, theirs = model.state_dict(), loaded.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_strict_load_errors_are_one_line(tmp_path: Path) -> None:
+    state = tiny_model().state_dict()
+    missing = {k: v for k, v in state.items() if k != "blocks.1.attn.q_bias_guide"}
+    raises_one_line(
+        lambda: load_stylevar_weights(meta_model(), missing, source="x.pth"),
+        "x.pth: 1 missing keys: blocks.1.attn.q_bias_guide",
+    )
+    extra = {**state, "class_emb.weight": torch.zeros(1001, 128)}
+    raises_one_line(
+        lambda: load_stylevar_weights(meta_model(), extra, source="x.pth"),
+        "1 unexpected keys: class_emb.weight",
+    )
+    wide = {**state, "feat_emb.weight": torch.zeros(128, 512)}
+    raises_one_line(
+        lambda: load_stylevar_weights(meta_model(), wide, source="x.pth"),
+        "checkpoint global vector size 512 but preset global vector size 64",
+    )
+    var_file = tmp_path / "var.pth"
+    torch.save(VAR(get_preset("var-tiny", VARPreset).transformer).state_dict(), var_file)
+    raises_one_line(
+        lambda: load_stylevar_weights(meta_model(), read_state_dict(var_file), source=str(var_file)),
+        "missing keys",
+        "unexpected keys",
+    )
+
+
+def test_folder_of_the_hub_layout_resolves_and_loads(tmp_path: Path) -> None:
+    model, vqvae = tiny_model(), tiny_vqvae()
+    released_file(tmp_path, model.state_dict(), "StyleVAR-GRPO.pth")
+    torch.save(vqvae.state_dict(), tmp_path / VQVAE_FILE)
+    layout = {"preset": "stylevar-tiny", "checkpoints": {"grpo": "StyleVAR-GRPO.pth"}, "vae": VQVAE_FILE}
+    (tmp_path / LAYOUT_FILE).write_text(json.dumps(layout))
+    files = resolve_stylevar_files(tmp_path)
+    loaded, loaded_vae = load_stylevar_models(files)
+    assert torch.equal(loaded.head.weight, model.head.weight)
+    assert torch.equal(loaded_vae.quantize.embedding.weight, vqvae.quantize.embedding.weight)
+    raises_one_line(lambda: resolve_stylevar_files(tmp_path, "sft"), "has no sft checkpoint")
+
+
+def test_init_from_var_copies_qkv_into_both_projections() -> None:
+    var = VAR(get_preset("var-tiny", VARPreset).transformer)
+    var.init_weights(torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for block in var.blocks:
+            block.attn.q_bias.normal_()
+            block.attn.v_bias.normal_()
+    model = tiny_model(seed=5)
+    trunk_before = {k: v.clone() for k, v in model.style_encoder.state_dict().items()}
+    feat_before = model.feat_emb.weight.clone()
+    init_from_var(model, var.state_dict(), source="var.pth")
+    for ours, theirs in zip(model.block_list, var.block_list, strict=True):
+        assert torch.equal(ours.attn.mat_qkv_guide.weight, theirs.attn.mat_qkv.weight)
+        assert torch.equal(ours.attn.mat_qkv_target.weight, theirs.attn.mat_qkv.weight)
+        for bias in ("q_bias", "v_bias"):
+            for role in ("guide", "target"):
+                assert torch.equal(getattr(ours.attn, f"{bias}_{role}"), getattr(theirs.attn, bias))
+        assert torch.equal(ours.ada_lin[1].weight, theirs.ada_lin[1].weight)
+    assert torch.equal(model.head.weight, var.head.weight) and torch.equal(model.pos_1LC, var.pos_1LC)
+    assert torch.equal(model.feat_emb.weight, feat_before)
+    assert all(torch.equal(v, trunk_before[k]) for k, v in model.style_encoder.state_dict().items())
+    partial = {k: v for k, v in var.state_dict().items() if k != "blocks.0.ffn.fc1.weight"}
+    raises_one_line(
+        lambda: init_from_var(model, partial, source="var.pth"), "1 missing keys: blocks.0.ffn.fc1"
+    )
+    raises_one_line(
+        lambda: init_from_var(meta_model(), var.state_dict(), source="var.pth"),
+        "needs a materialized StyleVAR",
+    )
+
+
+def test_torchvision_resnet_keys_map_onto_the_trunk() -> None:
+    trunk = StyleVAR(PRESET.transformer).style_encoder
+    renamed = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"}
+    torchvision_state = {
+        f"{dict((v, k) for k, v in renamed.items())[k.split('.')[0]]}.{k.partition('.')[2]}": v
+        for k, v in trunk.state_dict().items()
+    }
+    torchvision_state |= {"fc.weight": torch.zeros(1000, 64), "fc.bias": torch.zeros(1000)}
+    mapped = trunk_state_from_torchvision(torchvision_state)
+    assert mapped.keys() == trunk.state_dict().keys()
+    trunk.load_state_dict(mapped, strict=True)
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """``huggingface_hub.snapshot_download`` writing small files; records each call."""
+    import huggingface_hub
+
+    calls: list[dict[str, Any]] = []
+
+    def snapshot_download(repo_id: str, **kwargs: Any) -> str:
+        calls.append({"repo_id": repo_id, **kwargs})
+        root = Path(kwargs["local_dir"])
+        for name in kwargs["allow_patterns"]:
+            (root / name).write_bytes(b"x")
+        return str(root)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+def test_download_moves_the_release_into_place(tmp_path: Path, hub: list[dict[str, Any]]) -> None:
+    dest = download_stylevar(tmp_path / "w", token="hf_x")
+    assert [c["repo_id"] for c in hub] == ["Senfier-LiqiJing/StyleVAR"] and hub[0]["token"] == "hf_x"
+    names = ["vae_ch160v4096z32.pth", "StyleVAR_SFT.pth", "StyleVAR-GRPO.pth"]
+    assert hub[0]["allow_patterns"] == names
+    assert sorted(p.name for p in dest.iterdir()) == sorted([*names, LAYOUT_FILE])
+    assert resolve_stylevar_files(dest, "sft").transformer.name == "StyleVAR_SFT.pth"
+    files = resolve_stylevar_files(dest)
+    assert files.transformer.name == "StyleVAR-GRPO.pth" and files.preset.name == "stylevar-d20"
+
+
+def test_download_incomplete_snapshot_leaves_nothing(
+    tmp_path: Path, hub: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    real = huggingface_hub.snapshot_download
+
+    def no_grpo(repo_id: str, **kwargs: Any) -> str:
+        kwargs["allow_patterns"] = kwargs["allow_patterns"][:2]
+        return real(repo_id, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_grpo)
+    raises_one_line(
+        lambda: download_stylevar(tmp_path / "w"), "Senfier-LiqiJing/StyleVAR has no StyleVAR-GRPO.pth"
+    )
+    assert list((tmp_path / "w").iterdir()) == []
