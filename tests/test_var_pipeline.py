@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from scalestyle.cli import main
 from scalestyle.config import SamplingConfig
+from scalestyle.metadata import read_png_metadata
 from scalestyle.method.rules import RuleController
 from scalestyle.method.style import StyleConfig, StylePipeline
 from scalestyle.pipeline import Pipeline
@@ -102,3 +104,40 @@ def test_a_var_model_folder_loads_strictly_and_generates_as_the_model_it_was_sav
     loaded = Pipeline.load(tmp_path, device="cpu")
     got = loaded(class_label=[3], sampling=SAMPLING).summed_codes_BdHW
     assert torch.equal(got, var_pipe(class_label=[3], sampling=SAMPLING).summed_codes_BdHW)
+
+
+def test_generate_cli_writes_one_png_per_class_label(tmp_path: Path) -> None:
+    out = tmp_path / "x.png"
+    argv = [
+        "generate",
+        "--model",
+        "var-tiny",
+        "--random-weights",
+        "--top-k",
+        "20",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, "--class-label", "207", "--class-label", "3"]) == 0
+    first, second = read_png_metadata(out), read_png_metadata(tmp_path / "x-1.png")
+    assert (first["class_label"], second["class_label"]) == ("207", "3")  # PNG text chunks
+    assert Image.open(out).mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("model", "flags", "message"),
+    [
+        ("var-tiny", ["--prompt", "a cat"], "class-conditional"),
+        ("tiny", ["--class-label", "3"], "text-to-image"),
+        ("var-tiny", ["--class-label", "3", "--top-k", "900"], "top_k must be in [0, 64]"),
+    ],
+)
+def test_generate_cli_family_mismatch_is_one_line(
+    model: str, flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["generate", "--model", model, "--random-weights", "--quiet", "--out", str(tmp_path / "o.png")]
+    assert main([*argv, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "o.png").exists()

@@ -127,24 +127,32 @@ def bench_generate(
     runs: int,
     warmup: int,
     batch: int = 1,
+    class_label: int = 207,
+    top_k: int = SamplingConfig.top_k,
     progress: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Median seconds per image of ``runs`` batches of ``batch`` images; ``progress()`` after each batch."""
+    """Median seconds per image of ``runs`` batches of ``batch`` images (of ``prompt``, or of
+    ``class_label`` on a class-conditional model); ``progress()`` after each batch."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1 (images per timed call), got {batch}")
     device = pipe.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     schedule = pipe.schedule_for(pn=pn)
+    inputs: dict[str, Any] = (
+        {"class_label": [class_label] * batch}
+        if pipe.conditioning == "class"
+        else {"prompt": [prompt] * batch}
+    )
     times = time_runs(
-        lambda: pipe([prompt] * batch, sampling=SamplingConfig(cfg=cfg, pn=pn)),
+        lambda: pipe(**inputs, sampling=SamplingConfig(cfg=cfg, pn=pn, top_k=top_k)),
         device,
         runs=runs,
         warmup=warmup,
         progress=progress,
     )
     median = statistics.median(times)
-    side = [s * pipe.preset.vae.stride for s in schedule.last_grid]
+    side = [s * pipe.stride for s in schedule.last_grid]
     return {
         "mode": "generate",
         "model": pipe.model_name,
@@ -183,7 +191,7 @@ def bench_stylize(
     style = style or StyleConfig()
     styler = StylePipeline(pipe)
     schedule = pipe.schedule_for(pn=pn)
-    side = (schedule.last_grid[0] * pipe.preset.vae.stride, schedule.last_grid[1] * pipe.preset.vae.stride)
+    side = (schedule.last_grid[0] * pipe.stride, schedule.last_grid[1] * pipe.stride)
     ref = _reference_image(side)
     gen_prompt = f"{prompt} in {style_prompt}"
     device = pipe.device

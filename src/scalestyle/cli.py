@@ -139,6 +139,7 @@ def _sampling(args: argparse.Namespace, h_div_w: float) -> SamplingConfig:
         seed=args.seed,
         h_div_w=h_div_w,
         pn=args.pn,
+        more_smooth=args.more_smooth,
     )
 
 
@@ -214,7 +215,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # the conditioning flags go to the pipeline as they are; it says which ones its model takes
     inputs = {dest: getattr(args, dest) for dest in args.conditioning if getattr(args, dest) is not None}
     if not inputs:
-        raise CliError("give --prompt TEXT")
+        raise CliError("give --prompt TEXT (or --class-label N for a class-conditional model)")
     for dest, value in inputs.items():
         if isinstance(value, str):
             _text(value, "--" + dest.replace("_", "-"))
@@ -225,9 +226,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     schedule = pipe.schedule_for(h_div_w=sampling.h_div_w, pn=sampling.pn)
     on_scale = _progress(schedule.num_scales, "generate", not args.quiet)
     result = pipe(**inputs, sampling=sampling, on_scale=on_scale)
-    write_png(result.images[0], out, result.metadata[0])
+    # several class labels give several images: OUT, then OUT's stem with -1, -2, ... for the others
+    outs = [out] + [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, len(result.images))]
+    for image, path, meta in zip(result.images, outs, result.metadata, strict=True):
+        write_png(image, _out_png(str(path), args.overwrite) if path != out else path, meta)
     if not args.quiet:
-        sys.stderr.write(f"wrote {out} ({result.images[0].width}x{result.images[0].height})\n")
+        size = f"{result.images[0].width}x{result.images[0].height}"
+        sys.stderr.write(f"wrote {', '.join(map(str, outs))} ({size})\n")
     return 0
 
 
@@ -317,7 +322,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _text(args.prompt, "--prompt")
     _text(args.style_prompt, "--style-prompt")
     # checked here, before a large model is built for minutes
-    sampling = SamplingConfig(cfg=args.cfg, pn=args.pn)
+    sampling = SamplingConfig(cfg=args.cfg, pn=args.pn, top_k=args.top_k)
     style_cfg = _style_config(args) if args.mode == "stylize" else None
     args.device = _device(args.device)
     pipe = _load(args)
@@ -348,6 +353,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             runs=args.runs,
             warmup=args.warmup,
             batch=args.batch,
+            class_label=args.class_label,
+            top_k=args.top_k,
             progress=progress,
         )
         line = f"{report['seconds_per_image']:.3f} s/image, {report['tokens_per_second']:.0f} tokens/s"
@@ -617,8 +624,13 @@ def _model_args(p: argparse.ArgumentParser, *, random_weights: bool = True) -> N
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     defaults = SamplingConfig()
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed of the sampler")
-    p.add_argument("--cfg", type=float, default=defaults.cfg, help="classifier-free guidance scale (1: off)")
-    p.add_argument("--tau", type=float, default=defaults.tau, help="sampling temperature")
+    p.add_argument(
+        "--cfg",
+        type=float,
+        default=defaults.cfg,
+        help="classifier-free guidance scale (Infinity: constant, 1: off; VAR: a ramp from 0 to it, 0: off)",
+    )
+    p.add_argument("--tau", type=float, default=defaults.tau, help="sampling temperature (Infinity only)")
     p.add_argument("--top-k", type=int, default=defaults.top_k, help="top-k sampling (0: off)")
     p.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling (1: off)")
     p.add_argument("--aspect", default="1:1", help="H:W, snapped to the nearest of the 15 templates")
@@ -627,6 +639,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
         default=None,
         choices=sorted(PN_NUM_SCALES),
         help="pixel budget; default: the model's",
+    )
+    p.add_argument(
+        "--more-smooth", action="store_true", help="VAR only: Gumbel smoothing of the codes (visual only)"
     )
 
 
@@ -640,7 +655,7 @@ def _style_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--key-steps",
         type=_int_list("--key-steps"),
-        default=(2, 3),
+        default="2,3",  # argparse passes a string default through the type
         help="KSAS steps, e.g. 2,3 or 2-3",
     )
     p.add_argument(
@@ -686,6 +701,13 @@ def _generate_parser(sub: Subparsers) -> None:
     conditioning = [
         p.add_argument("--prompt", default=None, help="the caption, e.g. 'a cat'").dest,
         p.add_argument("--negative-prompt", default=None, help="caption of the CFG rows; default: none").dest,
+        p.add_argument(
+            "--class-label",
+            type=int,
+            action="append",
+            default=None,
+            help="class-conditional models (VAR): ImageNet class 0-999; repeat for several images",
+        ).dest,
     ]
     p.add_argument("--out", required=True, help="output .png (an existing file needs --overwrite)")
     _overwrite(p)
@@ -737,6 +759,8 @@ def _bench_parser(sub: Subparsers) -> None:
     _model_args(p)
     defaults = SamplingConfig()
     p.add_argument("--prompt", default="a photo of a cat", help="the caption timed")
+    p.add_argument("--class-label", type=int, default=207, help="the class timed (class-conditional models)")
+    p.add_argument("--top-k", type=int, default=defaults.top_k, help="top-k sampling (0: off; VAR: <= V)")
     p.add_argument("--cfg", type=float, default=defaults.cfg, help="classifier-free guidance scale")
     p.add_argument(
         "--pn", default=None, choices=sorted(PN_NUM_SCALES), help="pixel budget; default: the model's"
@@ -969,13 +993,15 @@ def _evaluate_parser(sub: Subparsers) -> None:
 
 
 def _download_parser(sub: Subparsers) -> None:
-    from scalestyle.weights import OFFICIAL_LAYOUTS
+    from scalestyle.weights import OFFICIAL_LAYOUTS, VAR_LAYOUTS
 
     p = sub.add_parser(
         "download", help="fetch official weights from the Hugging Face hub", formatter_class=_Formatter
     )
     p.add_argument(
-        "preset", choices=[name for name in PRESETS if name in OFFICIAL_LAYOUTS], help="the preset to fetch"
+        "preset",
+        choices=[name for name in PRESETS if name in OFFICIAL_LAYOUTS or name in VAR_LAYOUTS],
+        help="the preset to fetch",
     )
     p.add_argument("--dest", default=None, help="folder to write; default: $SCALESTYLE_HOME/PRESET")
     p.add_argument("--token", default=None, help="Hugging Face token for gated repositories")
