@@ -1,0 +1,52 @@
+"""The next demo's preset and recipe (issue 14) and the background driver's status reader."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from scalestyle.models.infinity import Infinity
+from scalestyle.schedules import get_schedule
+from scalestyle.train.demo import DEMO_RECIPES, DEMO_V2, DemoTrainConfig, demo_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_v2_keeps_the_world_size_with_more_scales_and_fits_the_file_budget() -> None:
+    schedule = get_schedule(1.0, DEMO_V2.default_pn)
+    assert schedule.num_scales == 10  # the fine stage 4..7 leaves scales 8 and 9 free
+    assert schedule.last_grid[0] * DEMO_V2.vae.stride == 64  # the judges' and the world's size
+    assert DEMO_V2.vae.norm == "pixel"
+    # built on the CPU: the meta device is ten times slower here (torch's python meta kernels)
+    params = sum(p.numel() for p in Infinity(DEMO_V2.transformer).parameters())
+    assert params * 2 <= 16 * 2**20  # shipped in fp16
+    assert demo_preset("demo-v2") is DEMO_V2 and demo_preset("demo").name == "demo"
+
+
+def test_v2_recipe_trains_a_prefix_of_the_schedule() -> None:
+    cfg = DEMO_RECIPES["v2"]()
+    assert cfg == DemoTrainConfig.v2() and cfg.preset == DEMO_V2.name
+    t = cfg.transformer
+    assert t.prefix_scales is not None and t.full_rows is not None
+    assert t.prefix_scales < get_schedule(1.0, DEMO_V2.default_pn).num_scales
+    assert t.full_rows < t.batch_size
+
+
+def test_driver_status_reads_steps_losses_and_the_latest_runs_rate(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("train_demo_tool", ROOT / "tools" / "train_demo.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rows = [
+        {"time_s": 10.0, "step": 25, "loss": 1.0},
+        {"time_s": 20.0, "step": 50, "loss": 0.8},
+        # resumed: the clock restarts, so only these two rows give the rate (2 s per step)
+        {"time_s": 5.0, "step": 75, "loss": 0.7},
+        {"time_s": 55.0, "step": 100, "loss": 0.6},
+    ]
+    (tmp_path / "vae_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = tool.status(tmp_path)
+    assert "vae: step 100, 2.0 s/step lately" in text
+    assert "'loss': 1.0" in text and "'loss': 0.6" in text
+    assert "transformer: not started" in text and "classifiers: not done" in text
