@@ -1,14 +1,22 @@
-"""The next demo's preset and recipe (issue 14) and the background driver's status reader."""
+"""The next demo's preset and recipe (issue 14), its VAE's norm through a model folder, and the background
+driver's status reader."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import torch
+
+from scalestyle.config import get_preset
+from scalestyle.models.bsq_vae import BSQVAE, RMSNorm2d
 from scalestyle.models.infinity import Infinity
 from scalestyle.schedules import get_schedule
 from scalestyle.train.demo import DEMO_RECIPES, DEMO_V2, DemoTrainConfig, demo_preset
+from scalestyle.weights import load_vae_weights, read_model_config, read_state_dict, save_model_dir
+from tests.helpers import tiny_transformer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,3 +58,19 @@ def test_driver_status_reads_steps_losses_and_the_latest_runs_rate(tmp_path: Pat
     assert "vae: step 100, 2.0 s/step lately" in text
     assert "'loss': 1.0" in text and "'loss': 0.6" in text
     assert "transformer: not started" in text and "classifiers: not done" in text
+
+
+def test_a_pixel_norm_vae_comes_back_from_its_model_folder_with_its_norm(tmp_path: Path) -> None:
+    preset = get_preset("tiny")
+    preset = replace(preset, vae=replace(preset.vae, norm="pixel"))
+    torch.manual_seed(0)
+    vae = BSQVAE(preset.vae).eval()
+    save_model_dir(tmp_path, preset=preset, transformer=tiny_transformer(), vae=vae)
+    back = read_model_config(tmp_path)
+    assert back == preset and back.vae.norm == "pixel"
+    loaded = BSQVAE(back.vae).eval()
+    load_vae_weights(loaded, read_state_dict(tmp_path / "vae.safetensors"), source=str(tmp_path))
+    assert any(isinstance(m, RMSNorm2d) for m in loaded.modules())
+    z = torch.randn(1, preset.vae.codebook_dim, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(z), vae.decode(z))

@@ -338,7 +338,7 @@ def test_stylize_without_a_style_prompt(tiny_model_dir: Path, tmp_path: Path) ->
     ref = str(ref_image(tmp_path / "r.png"))
     assert stylize(tiny_model_dir, "--style", ref, "--prompt", "a star", "--out", str(out)) == 0
     meta = read_png_metadata(out)
-    assert meta["prompt"] == "a star" and meta["style_prompt"] == ""
+    assert meta["prompt"] == "a star in style" and meta["style_prompt"] == "style"
 
 
 def test_offline_download_leaves_no_model_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

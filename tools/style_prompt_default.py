@@ -1,28 +1,32 @@
 """Does stylization without a style prompt work as well as with the right one? Method (d) on the demo model
 over the procedural protocol's held-out styles, judged by the world classifiers; rerun with
-`python tools/style_prompt_default.py [SEEDS]` (default seeds 0,1). Prints a markdown table."""
+`python tools/style_prompt_default.py [SEEDS]` (default seeds 0-3). Prints a markdown table."""
 
 import sys
 
-from scalestyle.config import SamplingConfig
+from scalestyle.config import SamplingConfig, parse_int_list
 from scalestyle.eval import protocols
 from scalestyle.eval.world import Judges
 from scalestyle.method.style import StyleConfig, StylePipeline
 from scalestyle.pipeline import Pipeline, bundled_demo_dir
 
-seeds = [int(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "0,1").split(",")]
+seeds = parse_int_list(sys.argv[1] if len(sys.argv) > 1 else "0-3", "seeds")
 pipe = Pipeline.load(device="cpu")
 judges = Judges.load(bundled_demo_dir())
 styler = StylePipeline(pipe)
 cases = protocols.procedural_cases(seeds=seeds)
 rows = []
-for label, with_prompt in (("style prompt given", True), ("no style prompt (default)", False)):
+settings = (
+    ("the case's style prompt", lambda case: case.style_prompt),
+    ("no style prompt (the default, 'style')", lambda case: None),
+)
+for label, style_prompt in settings:
     images = []
     for case in cases:
         out = styler(
             case.content_prompt,
             case.reference(),
-            style_prompt=case.style_prompt if with_prompt else None,
+            style_prompt=style_prompt(case),
             style=StyleConfig(),
             sampling=SamplingConfig(seed=case.seed),
         )

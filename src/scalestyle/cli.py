@@ -734,8 +734,8 @@ def _stylize_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--style-prompt",
         default=None,
-        help="the style in words, e.g. 'watercolor painting style'; default with --style: none "
-        "(the style path's caption is empty, the generation path's is the prompt)",
+        help="the style in words, e.g. 'watercolor painting style'; default with --style: 'style' "
+        "(the generation path reads '<prompt> in style', the reference carries the style)",
     )
     p.add_argument(
         "--out", default=None, help="output .png for one image (an existing file needs --overwrite)"

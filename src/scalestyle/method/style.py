@@ -164,21 +164,22 @@ class StylePrompts:
     generation: str
 
 
-DEFAULT_STYLE_CAPTION = ""
-"""The style path's caption when no style prompt is given: empty (T5's EOS alone), so the reference's
-teacher-forced bits alone carry the style, and the generation path's caption is the prompt itself. On the
-demo it transfers the style as well as a correct style prompt does (``docs/robustness.md``)."""
+DEFAULT_STYLE_PROMPT = "style"
+"""The style prompt when none is given (a reference image must then carry the style): the one word every
+style caption shares, so the style path reads "style" and the generation path "<prompt> in style". On the
+demo it transfers the style better than the reference's own style words (21.4% style accuracy against 17.0%,
+content 50.0% against 52.7%, 112 images each; an empty caption gives 15.2% and 50.0%):
+``tools/style_prompt_default.py``, ``docs/robustness.md``."""
 
 
 def make_prompts(
     prompt: str, style_prompt: str | None, *, content_prompt: str | None, gen_prompt: str | None
 ) -> StylePrompts:
-    """The three paths' captions. ``style_prompt`` None: :data:`DEFAULT_STYLE_CAPTION` for the style path
-    and ``prompt`` for the generation path (a reference image must then carry the style)."""
+    """The three paths' captions; ``style_prompt`` None is :data:`DEFAULT_STYLE_PROMPT`."""
     if not prompt.strip():
         raise ValueError("prompt must be non-empty text")
     if style_prompt is None:
-        return StylePrompts(content_prompt or prompt, DEFAULT_STYLE_CAPTION, gen_prompt or prompt)
+        style_prompt = DEFAULT_STYLE_PROMPT
     if not style_prompt.strip():
         raise ValueError("style_prompt must be non-empty text (e.g. 'watercolor painting style') or None")
     return StylePrompts(content_prompt or prompt, style_prompt, gen_prompt or f"{prompt} in {style_prompt}")
