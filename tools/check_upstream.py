@@ -4,6 +4,7 @@ Usage::
 
     python tools/check_upstream.py --upstream /path/to/Infinity [--threads N] [--seed S]
     python tools/check_upstream.py --upstream-var /path/to/VAR
+    python tools/check_upstream.py --upstream-stylevar /path/to/StyleVAR
 
 ``--upstream-var`` is a checkout of https://github.com/FoundationVision/VAR (code only), imported the same
 way; its section (near the end of this file) builds upstream's VQVAE and VAR at the "var-tiny" size (spec
@@ -12,6 +13,13 @@ way; its section (near the end of this file) builds upstream's VQVAE and VAR at 
 teacher-forced logits (per-block and shared AdaLN) and seeded generation through ``run_scales`` with the
 index codec (logits, indices, f_hat, image), with and without CFG, top-k/top-p variants and Gumbel
 smoothing. Everything there must agree exactly, but the cfg-0 logits (see the table's notes).
+
+``--upstream-stylevar`` is a checkout of https://github.com/Senfier-LiqiJing/StyleVAR (code only): their
+StyleVAR and VQVAE at the "stylevar-tiny" size with random weights, saved as they release them (the state
+dict under ``model``) and loaded strictly on the meta device; guide latents, teacher-forced logits and
+seeded sampling (``autoregressive_infer`` against ``run_scales`` with ``double_append=True``, their KV
+cache; strengths, top-k/top-p, Gumbel smoothing, B = 1..3) must agree exactly. A last table, for
+information, sets our default single append against the double one on the same weights and seeds.
 
 ``--upstream`` is a checkout of https://github.com/FoundationVision/Infinity (code only; no weights are
 needed). Nothing of upstream is copied into this repository: this script imports it from that directory at
@@ -83,15 +91,25 @@ import torch.nn.functional as F
 from torch import nn
 
 import scalestyle.attention as attention
-from scalestyle.config import BSQVAEConfig, InfinityConfig, SamplingConfig, VARPreset, get_preset
+from scalestyle.config import (
+    BSQVAEConfig,
+    InfinityConfig,
+    SamplingConfig,
+    StyleVARPreset,
+    VARPreset,
+    get_preset,
+    get_stylevar_preset,
+)
 from scalestyle.images import to_pil
 from scalestyle.models.bsq_vae import BSQVAE, BitwiseCodec, bits_to_codes, next_scale_input, upsample_codes
 from scalestyle.models.infinity import Infinity
+from scalestyle.models.stylevar import StyleVAR, TransferInputs, guide_latents
 from scalestyle.models.text_encoder import PackedText
 from scalestyle.models.var import VAR, ClassLabels
 from scalestyle.models.vqvae import VQVAE, IndexCodec
 from scalestyle.sampling import PathPlan, ScaleEvent, run_scales
 from scalestyle.schedules import ASPECT_TEMPLATES, PN_NUM_SCALES, Schedule, get_schedule
+from scalestyle.stylevar_weights import load_stylevar_weights
 from scalestyle.weights import load_var_weights, load_vqvae_weights, read_state_dict
 
 PN = "0.06M"
@@ -1142,17 +1160,384 @@ def var_tables(root: Path, seed: int) -> list[Table]:
     return [weights, vq, forward, gen]
 
 
+# ---- StyleVAR (Senfier-LiqiJing/StyleVAR) -------------------------------------------------------------
+# Upstream's StyleVAR and VQVAE at the "stylevar-tiny" size, their random weights saved as the authors
+# release them (the state dict under ``model``) and loaded into ours on the meta device through
+# ``scalestyle.stylevar_weights``. Compared: guide latents, teacher-forced logits, and seeded sampling
+# (``autoregressive_infer`` against ``run_scales`` with ``double_append=True``, their KV cache). Their code
+# imports ``dist`` (a module of their training setup, absent from the repository) and torchvision's
+# ``resnet18`` with ImageNet weights: stand-ins for both, the latter a separate transcription of
+# torchvision's ResNet-18 (same children and key names) at the tiny preset's trunk width, no download.
+
+STYLEVAR_PRESET = "stylevar-tiny"
+
+
+class _TVBasicBlock(nn.Module):
+    """torchvision ``BasicBlock`` (resnet.py), transcribed for the stand-in."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class _TVResNet18(nn.Module):
+    """torchvision ``resnet18`` (children: conv1, bn1, relu, maxpool, layer1-4, avgpool, fc) at ``width``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        planes = [width * 2**i for i in range(4)]
+        inplanes = width
+        for i, p in enumerate(planes):
+            stride = 1 if i == 0 else 2
+            setattr(
+                self,
+                f"layer{i + 1}",
+                nn.Sequential(_TVBasicBlock(inplanes, p, stride), _TVBasicBlock(p, p, 1)),
+            )
+            inplanes = p
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(inplanes, 1000)
+
+
+def install_stylevar_shims(trunk_width: int) -> None:
+    _module("dist", get_device=lambda: "cpu")
+    tv = sys.modules.get("torchvision") or _module("torchvision")
+    tv.models = _module(  # type: ignore[attr-defined]
+        "torchvision.models",
+        resnet18=lambda weights=None, **_: _TVResNet18(trunk_width),
+        ResNet18_Weights=types.SimpleNamespace(IMAGENET1K_V1=None),
+    )
+
+
+@dataclass(frozen=True)
+class StyleVarUpstream:
+    vqvae_cls: type
+    stylevar_cls: type
+    module: types.ModuleType  # models.style_var, where tokens are drawn (``sample_with_top_k_top_p_``)
+
+
+def import_upstream_stylevar(root: Path, trunk_width: int) -> StyleVarUpstream:
+    if not (root / "models" / "style_var.py").is_file():
+        raise SystemExit(f"{root} is not a Senfier-LiqiJing/StyleVAR checkout (no models/style_var.py)")
+    install_stylevar_shims(trunk_width)
+    # FoundationVision/VAR's package is also called ``models``: forget it if its check ran first
+    for name in [n for n in sys.modules if n == "models" or n.startswith("models.")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(root))
+    with contextlib.redirect_stdout(io.StringIO()):
+        sv_mod = importlib.import_module("models.style_var")
+        vqvae_mod = importlib.import_module("models.vqvae")
+    return StyleVarUpstream(vqvae_mod.VQVAE, sv_mod.StyleVAR, sv_mod)
+
+
+def build_upstream_stylevar(up: StyleVarUpstream, preset: StyleVARPreset) -> tuple[nn.Module, nn.Module]:
+    """(VQVAE, StyleVAR) with `build_vae_stylevar`'s arguments at ``preset``'s size."""
+    t, v = preset.transformer, preset.vae
+    with contextlib.redirect_stdout(io.StringIO()):
+        vae = up.vqvae_cls(
+            vocab_size=v.vocab_size,
+            z_channels=v.z_channels,
+            ch=v.ch,
+            test_mode=True,
+            share_quant_resi=v.share_quant_resi,
+            v_patch_nums=t.patch_nums,
+        )
+        model = up.stylevar_cls(
+            vae_local=vae,
+            depth=t.depth,
+            embed_dim=t.width,
+            num_heads=t.heads,
+            drop_rate=0.0,
+            attn_drop_rate=0.0,
+            drop_path_rate=0.1 * t.depth / 24,
+            norm_eps=t.norm_eps,
+            shared_aln=False,
+            cond_drop_rate=0.1,
+            style_enc_dim=t.global_dim,
+            attn_l2_norm=t.attn_l2_norm,
+            patch_nums=t.patch_nums,
+            alpha_nums=t.alphas,
+        )
+        model.init_weights(init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1)
+    return vae.eval(), model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def randomize_stylevar_(model: nn.Module, seed: int) -> None:
+    """As :func:`randomize_var_`, with the trunks' convs at std 1/sqrt(fan-in) (a vector of moderate size)
+    and their batch norms away from identity (affines and running statistics)."""
+    randomize_var_(model, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    for p in model.parameters():
+        if p.ndim == 4:
+            p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.weight.copy_(1 + torch.randn(module.weight.shape, generator=g) * 0.1)
+            module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.1)
+            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=g) * 0.1)
+            module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=g))
+
+
+@dataclass
+class StyleVarModels:
+    up: StyleVarUpstream
+    up_vae: nn.Module
+    up_model: nn.Module
+    vae: VQVAE
+    single: StyleVAR
+    double: StyleVAR
+
+
+def stylevar_images(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(content, style): smooth ramps and noise, so both quantizer regimes and trunk paths are used."""
+    size = get_stylevar_preset(STYLEVAR_PRESET).image_size
+    content = var_images(batch, seed)[:, :, :size, :size]
+    style = torch.flip(var_images(batch, seed + 1000), dims=(0,))[:, :, :size, :size]
+    return content, style
+
+
+@torch.no_grad()
+def compare_guides(table: Table, m: StyleVarModels, batch: int, seed: int) -> None:
+    content, _ = stylevar_images(batch, seed)
+    schedule = m.single.schedule
+    quant = m.up_vae.quantize
+    up_list = quant.msBllist_to_BlCv_list(m.up_vae.img_to_idxBl(content))
+    up_cat = quant.msBllist_to_BlCvae(m.up_vae.img_to_idxBl(content))
+    mine = guide_latents(m.vae, content, schedule)
+    table.add(
+        f"B={batch}, seed {seed}",
+        Cell(max(maxdiff(a, b) for a, b in zip(up_list, mine, strict=True)), 0.0),
+        Cell(maxdiff(up_cat, torch.cat(mine, dim=1)), 0.0),
+    )
+
+
+@torch.no_grad()
+def compare_stylevar_forward(table: Table, m: StyleVarModels, batch: int, seed: int) -> None:
+    content, style = stylevar_images(batch, seed)
+    target = var_images(batch, seed + 7)[:, :, : content.shape[2], : content.shape[3]]
+    quant = m.up_vae.quantize
+    inputs = quant.idxBl_to_var_input(m.up_vae.img_to_idxBl(target))
+    style_BLd = quant.msBllist_to_BlCvae(m.up_vae.img_to_idxBl(style))
+    content_BLd = quant.msBllist_to_BlCvae(m.up_vae.img_to_idxBl(content))
+    ref = m.up_model(inputs.clone(), style_BLd, content_BLd, style, content)
+    raw = TransferInputs.encode(m.vae, content, style, m.single.schedule)
+    cells = [
+        Cell(maxdiff(ref, model(inputs, model.condition([raw]), model.schedule)), 0.0)
+        for model in (m.single, m.double)
+    ]
+    table.add(f"B={batch}, seed {seed}", *cells, Cell(ref.abs().max().item(), None))
+
+
+@dataclass(frozen=True)
+class StyleVarCase:
+    name: str
+    batch: int
+    top_k: int
+    top_p: float
+    strength: float = 0.0
+    more_smooth: bool = False
+    seed: int = 0
+
+
+@torch.no_grad()
+def run_upstream_stylevar(m: StyleVarModels, case: StyleVarCase) -> Trace:
+    trace, f_hat = Trace(), []
+    grids = m.single.schedule.grids
+    content, style = stylevar_images(case.batch, case.seed + 20)
+
+    def tokens(idx_Bl1: torch.Tensor) -> torch.Tensor:
+        h, w = grids[len(trace.bits)]
+        return idx_Bl1[:, :, 0].reshape(-1, h, w)
+
+    with (
+        _recording(m.up_model, "get_logits", trace.logits, lambda out, *a: out),
+        _recording_function(m.up.module, "sample_with_top_k_top_p_", trace.bits, tokens),
+        _recording(m.up_vae, "fhat_to_img", f_hat, lambda out, f, *a: f),
+    ):
+        img = m.up_model.autoregressive_infer(
+            case.batch,
+            style,
+            content,
+            g_seed=case.seed,
+            top_k=case.top_k,
+            top_p=case.top_p,
+            more_smooth=case.more_smooth,
+            style_strength=case.strength,
+        )
+    trace.summed = f_hat[0]
+    trace.image = img.numpy()
+    return trace
+
+
+@torch.no_grad()
+def run_ours_stylevar(m: StyleVarModels, case: StyleVarCase, model: StyleVAR) -> Trace:
+    sampling = SamplingConfig(
+        cfg=0.0, top_k=case.top_k, top_p=case.top_p, seed=case.seed, more_smooth=case.more_smooth
+    )
+    content, style = stylevar_images(case.batch, case.seed + 20)
+    raw = TransferInputs.encode(m.vae, content, style, model.schedule, case.strength)
+    trace = Trace()
+
+    def on_scale(event: ScaleEvent) -> None:
+        trace.bits.append(event.tokens["gen"].clone())
+
+    with _recording(model, "logits", trace.logits, lambda out, *a: out):
+        f_hat = run_scales(
+            model, IndexCodec(m.vae), [PathPlan("gen", raw)], model.schedule, sampling, on_scale=on_scale
+        )["gen"]
+    trace.summed = f_hat
+    trace.image = m.vae.decode_fhat(f_hat).add(1).mul(0.5).numpy()
+    return trace
+
+
+def _token_diff(a: Trace, b: Trace) -> int:
+    return sum(
+        int((x != y).sum()) if x.shape == y.shape else x.numel() for x, y in zip(a.bits, b.bits, strict=True)
+    )
+
+
+def compare_stylevar_generation(table: Table, m: StyleVarModels, case: StyleVarCase) -> None:
+    ref = run_upstream_stylevar(m, case)
+    mine = run_ours_stylevar(m, case, m.double)
+    pairs = []
+    for k, (a, b) in enumerate(zip(ref.logits, mine.logits, strict=False)):
+        pairs.append((a, b))
+        if not torch.equal(ref.bits[k], mine.bits[k]):
+            break
+    assert ref.image is not None and mine.image is not None and ref.summed is not None
+    table.add(
+        case.name,
+        Cell(_logit_diff(pairs), 0.0),
+        Cell(_logit_scale(pairs), None),
+        Cell(_token_diff(ref, mine), 0, total=sum(a.numel() for a in ref.bits)),
+        Cell(maxdiff(ref.summed, mine.summed), 0.0),
+        Cell(int((_uint8(ref.image) != _uint8(mine.image)).sum()), 0, total=ref.image.size),
+    )
+
+
+def compare_appends(table: Table, m: StyleVarModels, case: StyleVarCase) -> None:
+    """Informational: the correct single append against the authors' double append, same weights."""
+    double, single = run_ours_stylevar(m, case, m.double), run_ours_stylevar(m, case, m.single)
+    assert double.image is not None and single.image is not None
+    table.add(
+        case.name,
+        Cell(_token_diff(double, single), None, total=sum(a.numel() for a in double.bits)),
+        Cell(maxdiff(double.logits[0], single.logits[0]), None),
+        Cell(maxdiff(double.logits[1], single.logits[1]) if len(double.logits) > 1 else 0.0, None),
+        Cell(int((_uint8(double.image) != _uint8(single.image)).sum()), None, total=double.image.size),
+        Cell(float(np.abs(_uint8(double.image).astype(float) - _uint8(single.image)).mean()), None),
+    )
+
+
+STYLEVAR_CASES = (
+    StyleVarCase("B=1, top-k 30, top-p 0.96", 1, top_k=30, top_p=0.96, seed=0),
+    StyleVarCase("B=2, no top-k, top-p 1", 2, top_k=0, top_p=1.0, seed=1),
+    StyleVarCase(
+        "B=2, top-k 64 (= V), top-p 0.5, strength 0.6", 2, top_k=64, top_p=0.5, strength=0.6, seed=2
+    ),
+    StyleVarCase("B=3, top-k 20, top-p 0.9, strength -1", 3, top_k=20, top_p=0.9, strength=-1.0, seed=3),
+    StyleVarCase("B=2, top-k 40, top-p 0.95, more_smooth", 2, top_k=40, top_p=0.95, more_smooth=True, seed=4),
+)
+
+
+def stylevar_tables(root: Path, seed: int) -> list[Table]:
+    """Every StyleVAR comparison against the checkout at ``root``."""
+    preset = get_stylevar_preset(STYLEVAR_PRESET)
+    up = import_upstream_stylevar(root, preset.transformer.resnet_width)
+    torch.manual_seed(seed)
+    up_vae, up_model = build_upstream_stylevar(up, preset)
+    randomize_stylevar_(up_model, seed)
+    with torch.no_grad():
+        for name, p in up_vae.named_parameters():
+            if ".norm" in name:
+                p.add_(torch.randn(p.shape) * 0.1)
+
+    weights = Table(
+        "StyleVAR weights (saved as the authors release them, loaded on meta by scalestyle.stylevar_weights)",
+        ["count"],
+    )
+    double_cfg = replace(preset.transformer, double_append=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        vae = _saved_and_loaded(up_vae, lambda: VQVAE(preset.vae), load_vqvae_weights, folder, "vae.pth")
+        path = folder / "StyleVAR_SFT.pth"
+        torch.save({"model": up_model.state_dict(), "optimizer": {"state": {}, "param_groups": []}}, path)
+        models = []
+        for cfg in (preset.transformer, double_cfg):
+            with torch.device("meta"):
+                ours = StyleVAR(cfg)
+            load_stylevar_weights(ours, read_state_dict(path), source=str(path))
+            models.append(ours.eval().requires_grad_(False))
+    assert isinstance(vae, VQVAE)
+    up_sd, our_sd = up_model.state_dict(), models[0].state_dict()
+    weights.add("StyleVAR: keys only upstream has", Cell(len(set(up_sd) - set(our_sd))))
+    weights.add("StyleVAR: keys only ours has", Cell(len(set(our_sd) - set(up_sd))))
+    weights.add(
+        "StyleVAR: tensors differing",
+        Cell(sum(not torch.equal(up_sd[k], our_sd[k]) for k in set(up_sd) & set(our_sd))),
+    )
+    m = StyleVarModels(up, up_vae, up_model, vae, models[0], models[1])
+
+    guides = Table("guide latents (cumulative f_hat per scale, max |d|)", ["per scale", "concatenated"])
+    for i, batch in enumerate((1, 2, 3)):
+        compare_guides(guides, m, batch, 60 + i)
+
+    forward = Table(
+        "StyleVAR teacher-forced forward logits (max |d|)", ["single append", "double append", "max |logit|"]
+    )
+    for i, batch in enumerate((1, 2, 3)):
+        compare_stylevar_forward(forward, m, batch, 70 + i)
+    forward.notes.append("teacher forcing has no KV cache: both settings compute the same logits")
+
+    gen = Table(
+        "StyleVAR sampling (upstream autoregressive_infer vs run_scales + IndexCodec, double_append=True)",
+        ["logits", "max |logit|", "indices differing", "f_hat", "uint8 pixels differing"],
+    )
+    appends = Table(
+        "single vs double append, same weights and seed (information)",
+        ["indices differing", "logits scale 0", "logits scale 1", "uint8 pixels differing", "mean |px|"],
+    )
+    for case in STYLEVAR_CASES:
+        compare_stylevar_generation(gen, m, case)
+        compare_appends(appends, m, case)
+    return [weights, guides, forward, gen, appends]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Compare scalestyle's Infinity and VAR with upstream's on CPU."
     )
     parser.add_argument("--upstream", type=Path, help="a FoundationVision/Infinity checkout")
     parser.add_argument("--upstream-var", type=Path, help="a FoundationVision/VAR checkout")
+    parser.add_argument("--upstream-stylevar", type=Path, help="a Senfier-LiqiJing/StyleVAR checkout")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args(argv)
-    if args.upstream is None and args.upstream_var is None:
-        parser.error("give --upstream (Infinity), --upstream-var (VAR) or both")
+    if args.upstream is None and args.upstream_var is None and args.upstream_stylevar is None:
+        parser.error("give --upstream (Infinity), --upstream-var (VAR), --upstream-stylevar, or several")
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)  # upstream's torch.cuda.amp.autocast calls
@@ -1163,6 +1548,8 @@ def main(argv: list[str] | None = None) -> int:
         tables += infinity_tables(args.upstream.resolve(), args.seed)
     if args.upstream_var is not None:
         tables += var_tables(args.upstream_var.resolve(), args.seed)
+    if args.upstream_stylevar is not None:
+        tables += stylevar_tables(args.upstream_stylevar.resolve(), args.seed)
     for t in tables:
         t.print()
     failures = sum(t.failures for t in tables)
@@ -1173,6 +1560,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.upstream_var is not None:
         print("\nVAR: exact everywhere (indices, logits, f_hat, images) but the cfg-0 logits (see the note)")
+    if args.upstream_stylevar is not None:
+        print(
+            "\nStyleVAR: exact everywhere (guides, logits, indices, f_hat, pixels); append table: information"
+        )
     print("all checks pass" if not failures else f"{failures} checks FAIL")
     return 1 if failures else 0
 

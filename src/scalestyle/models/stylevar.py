@@ -168,6 +168,10 @@ class TransferInputs:
     def concat(parts: Sequence[TransferInputs]) -> TransferInputs:
         if not parts:
             raise ValueError("need at least one set of transfer inputs")
+        if len(parts) == 1:
+            # as they are: a copy would make the guides contiguous, and at B = 1 the embedding matmul over
+            # upstream's transposed view rounds differently from one over contiguous rows
+            return parts[0]
         scales = len(parts[0].content_guides)
         return TransferInputs(
             torch.cat([p.content_B3PP for p in parts]),
