@@ -9,8 +9,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from scalestyle.attention import AttnSite
 from scalestyle.config import SamplingConfig, StyleVARConfig, VARPreset, get_preset, get_stylevar_preset
@@ -27,6 +29,7 @@ from scalestyle.stylevar_weights import (
     resolve_stylevar_files,
     trunk_state_from_torchvision,
 )
+from scalestyle.transfer import TransferPipeline, image_sha256
 from scalestyle.weights import LAYOUT_FILE, VQVAE_FILE, WeightsError, read_state_dict
 
 PRESET = get_stylevar_preset("stylevar-tiny")
@@ -422,3 +425,42 @@ def test_download_incomplete_snapshot_leaves_nothing(
         lambda: download_stylevar(tmp_path / "w"), "Senfier-LiqiJing/StyleVAR has no StyleVAR-GRPO.pth"
     )
     assert list((tmp_path / "w").iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TransferPipeline
+
+
+def picture(seed: int, size: tuple[int, int] = (80, 48)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
+
+
+def test_transfer_pipeline_returns_images_with_metadata() -> None:
+    pipe = TransferPipeline.random("stylevar-tiny", seed=0)
+    content, style = [picture(1), picture(2)], picture(3)
+    sampling = replace(SAMPLING, seed=11)
+    out = pipe(content, style, strength=0.5, sampling=sampling)
+    assert [im.size for im in out.images] == [(64, 64), (64, 64)] and out.images[0].mode == "RGB"
+    meta = out.metadata[1]
+    assert meta["content_sha256"] == image_sha256(content[1]) != image_sha256(content[0])
+    assert meta["style_sha256"] == image_sha256(style) == image_sha256(style.convert("RGBA"))
+    assert meta["seed"] == 11 and meta["settings"]["strength"] == 0.5 and meta["settings"]["top_k"] == 30
+    assert meta["model"] == "stylevar-tiny (random weights)"
+    again = pipe(content, style, strength=0.5, sampling=sampling)
+    assert torch.equal(out.summed_codes_BdHW, again.summed_codes_BdHW)
+    sites: list[AttnSite] = []
+
+    def identity(site, q, k, v, bias, attend):
+        sites.append(site)
+        return attend(q, k, v, bias)
+
+    watched = pipe(content, style, strength=0.5, sampling=sampling, controller=identity)
+    assert torch.equal(out.summed_codes_BdHW, watched.summed_codes_BdHW) and sites
+    assert pipe.pipe.transformer.control.controller is None
+    with pytest.raises(ValueError, match=r"style strength must be in \[-1, 1\], got 2"):
+        pipe(content, style, strength=2.0, sampling=sampling)
+    with pytest.raises(ValueError, match="give one style image or one per content: 2 contents, 3 styles"):
+        pipe(content, [style] * 3, sampling=sampling)
+    with pytest.raises(ValueError, match=r"use transfer\.TransferPipeline"):
+        pipe.pipe(class_label=3, sampling=sampling)

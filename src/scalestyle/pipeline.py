@@ -19,11 +19,12 @@ import torch
 from PIL import Image
 
 from scalestyle.attention import AttentionController
-from scalestyle.config import PRESETS, ModelPreset, SamplingConfig, VARPreset, get_preset
+from scalestyle.config import PRESETS, ModelPreset, SamplingConfig, StyleVARPreset, VARPreset, get_preset
 from scalestyle.images import preprocess, to_pil
 from scalestyle.models.bsq_vae import BSQVAE, BitwiseCodec
 from scalestyle.models.infinity import Infinity
 from scalestyle.models.random_text import RandomTextEncoder
+from scalestyle.models.stylevar import StyleVAR
 from scalestyle.models.text_encoder import PackedText, TextEncoder
 from scalestyle.models.var import VAR, ClassLabels
 from scalestyle.models.vqvae import VQVAE, IndexCodec
@@ -72,24 +73,28 @@ class GenerationOutput:
 
 class Pipeline:
     """A scale-wise model ready to sample on one device: an Infinity transformer with its BSQ VAE and text
-    encoder (``conditioning == "text"``), or a VAR transformer with its VQ-VAE (``"class"``: ImageNet
-    class labels, no text encoder)."""
+    encoder (``conditioning == "text"``), a VAR transformer with its VQ-VAE (``"class"``: ImageNet
+    class labels, no text encoder), or a StyleVAR with its VQ-VAE (``"transfer"``: a content and a style
+    image, see :class:`scalestyle.transfer.TransferPipeline`)."""
 
     def __init__(
         self,
-        transformer: Infinity | VAR,
+        transformer: Infinity | VAR | StyleVAR,
         vae: BSQVAE | VQVAE,
         text_encoder: TextEncoding | None,
-        preset: ModelPreset | VARPreset,
+        preset: ModelPreset | VARPreset | StyleVARPreset,
         *,
         model_name: str,
     ) -> None:
         self.transformer, self.vae, self.text_encoder = transformer.eval(), vae.eval(), text_encoder
         self.preset, self.model_name = preset, model_name
         self.codec: TokenCodec
-        if isinstance(preset, VARPreset):
-            if not isinstance(vae, VQVAE) or not isinstance(transformer, VAR):
-                raise TypeError("a VAR preset needs a VAR transformer and a VQVAE")
+        if isinstance(preset, VARPreset | StyleVARPreset):
+            family = VAR if isinstance(preset, VARPreset) else StyleVAR
+            if not isinstance(vae, VQVAE) or not isinstance(transformer, family):
+                raise TypeError(
+                    f"a {family.__name__} preset needs a {family.__name__} transformer and a VQVAE"
+                )
             self.codec = IndexCodec(vae)
         else:
             if not isinstance(vae, BSQVAE) or not isinstance(transformer, Infinity) or text_encoder is None:
@@ -103,13 +108,15 @@ class Pipeline:
         return self.transformer.device
 
     @property
-    def conditioning(self) -> Literal["text", "class"]:
+    def conditioning(self) -> Literal["text", "class", "transfer"]:
+        if isinstance(self.preset, StyleVARPreset):
+            return "transfer"
         return "class" if isinstance(self.preset, VARPreset) else "text"
 
     @property
     def stride(self) -> int:
         """Pixels per token of the last scale, along one side."""
-        if isinstance(self.preset, VARPreset):
+        if isinstance(self.preset, VARPreset | StyleVARPreset):
             return self.preset.vae.downsample
         return self.preset.vae.stride
 
@@ -187,10 +194,10 @@ class Pipeline:
     @classmethod
     def _place(
         cls,
-        transformer: Infinity | VAR,
+        transformer: Infinity | VAR | StyleVAR,
         vae: BSQVAE | VQVAE,
         text: TextEncoding | None,
-        preset: ModelPreset | VARPreset,
+        preset: ModelPreset | VARPreset | StyleVARPreset,
         name: str,
         device: torch.device,
     ) -> Pipeline:
@@ -210,8 +217,8 @@ class Pipeline:
 
     def schedule_for(self, *, h_div_w: float = 1.0, pn: str | None = None) -> Schedule:
         """Infinity's schedule for an aspect ratio and pixel budget; VAR's one schedule (its patch_nums),
-        which takes neither."""
-        if isinstance(self.preset, VARPreset):
+        which takes neither (nor does StyleVAR's)."""
+        if isinstance(self.preset, VARPreset | StyleVARPreset):
             if h_div_w != 1.0 or pn is not None:
                 raise ValueError(
                     f"{self.model_name} generates square images on its own schedule: "
@@ -315,6 +322,10 @@ class Pipeline:
         negative_prompt: str | None,
     ) -> tuple[PathPlan, list[dict[str, Any]]]:
         """The "gen" path of a plain generation and each row's metadata."""
+        if self.conditioning == "transfer":
+            raise ValueError(
+                f"{self.model_name} redraws a content image in a style: use transfer.TransferPipeline"
+            )
         if self.conditioning == "class":
             if prompt is not None or negative_prompt:
                 raise ValueError(
