@@ -29,6 +29,7 @@ from scalestyle.stylevar_weights import (
     resolve_stylevar_files,
     trunk_state_from_torchvision,
 )
+from scalestyle.train.stylevar import panw_weights_L, sft_loss
 from scalestyle.transfer import TransferPipeline, image_sha256
 from scalestyle.weights import LAYOUT_FILE, VQVAE_FILE, WeightsError, read_state_dict
 
@@ -464,3 +465,35 @@ def test_transfer_pipeline_returns_images_with_metadata() -> None:
         pipe(content, [style] * 3, sampling=sampling)
     with pytest.raises(ValueError, match=r"use transfer\.TransferPipeline"):
         pipe.pipe(class_label=3, sampling=sampling)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training objectives
+
+
+def test_panw_weights_sum_to_one_and_favour_coarse_tokens() -> None:
+    schedule = var_schedule(get_stylevar_preset("stylevar-d20").transformer.patch_nums)
+    w = panw_weights_L(schedule)
+    assert w.shape == (680,) and w.sum().item() == pytest.approx(1.0, abs=1e-12)
+    assert (w[0] / w[-1]).item() == pytest.approx(256**0.7)
+    # wave2_methods.md §1.6: 1x1 0.0337, 2x2 0.0128, 4x4 0.0048, 8x8 0.0018, 16x16 0.0007
+    starts = {1: 0, 2: 1, 4: 14, 8: 91, 16: 424}
+    assert [round(w[i].item(), 4) for i in starts.values()] == [0.0337, 0.0128, 0.0048, 0.0018, 0.0007]
+    assert torch.equal(panw_weights_L(schedule, 0.0), torch.full((680,), 1 / 680, dtype=torch.float64))
+
+
+def test_sft_loss_decreases_on_a_tiny_triplet_batch() -> None:
+    model, vqvae = tiny_model(), tiny_vqvae()
+    model.train()
+    target, content = images(2, 30)
+    style = images(2, 31)[0]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(6):
+        loss = sft_loss(model, vqvae, target, content, style)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > math.log(PRESET.vae.vocab_size) * 0.5
+    assert losses[-1] < losses[0] * 0.9, losses
