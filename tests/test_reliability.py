@@ -308,14 +308,18 @@ def test_unknown_and_truncated_words_are_named(tiny_model_dir: Path) -> None:
 
 
 def test_cli_warnings_are_one_line(
-    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["generate", "--model", str(tiny_model_dir), "--prompt", "a zebra star", "--quiet"]
     assert main([*argv, "--out", str(tmp_path / "o.png")]) == 0
-    assert capsys.readouterr().err.strip().splitlines() == [
+    assert capfd.readouterr().err.strip().splitlines() == [
         "scalestyle: warning: caption 'a zebra star': unknown to the vocabulary (read as <unk>): ['zebra']; "
         "the encoder reads 4 tokens"
     ]
+    # past max_length: our one line, not also transformers' own notice (logged to fd 2: capfd)
+    assert main([*argv[:3], "--prompt", "a star " * 20, "--quiet", "--out", str(tmp_path / "p.png")]) == 0
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    assert line.startswith("scalestyle: warning: ") and "cut at 32 of its 41 tokens" in line
 
 
 def test_style_pipeline_takes_paths_and_names_other_types(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -358,7 +358,8 @@ class TextEncoder:
     def _warn_lost(self, prompts: Sequence[str]) -> None:
         """A :class:`CaptionWarning` per caption that loses words: unknown to the vocabulary, or cut."""
         fast = bool(getattr(self.tokenizer, "is_fast", False))
-        full = self.tokenizer(list(prompts), truncation=False, return_offsets_mapping=fast)
+        # verbose=False: transformers' own multi-line notice about long inputs is replaced by ours
+        full = self.tokenizer(list(prompts), truncation=False, return_offsets_mapping=fast, verbose=False)
         unk = self.tokenizer.unk_token_id
         for i, prompt in enumerate(prompts):
             ids = full["input_ids"][i]
