@@ -6,8 +6,10 @@ pixels on reconstructions of eval-split renders of the procedural world (docs/de
 
 Prints one JSON object. ``zero_max_dev``: the largest deviation (over channels) of the zero-latent decode
 from its per-channel median, images in [-1, 1], unclamped; ``zero_spot_px``: its pixels at +-0.99 or beyond
-that are also more than 0.5 off that median; ``spurious_sat_px``: per reconstructed image, pixels at +-0.98 or beyond that are more than 0.3 from the
-original, for the quantized sum (``q_``) and the unquantized latent (``z_``).
+that are also more than 0.5 off that median. Per reconstructed image, for the quantized sum (``q_``) and
+the unquantized latent (``z_``): ``spurious_sat_px``, pixels at +-0.98 or beyond that are more than 0.3
+from the original; ``same_place``, the share of images with such a pixel within one pixel of the most
+common place (a droplet stays where the decoder puts it, whatever the image).
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def reconstructions(vae: BSQVAE, grids: tuple[tuple[int, int], ...], n: int) -> 
             spurious = ((rec.abs() >= 0.98) & ((rec - imgs).abs() > 0.3)).any(1)
             out[f"{name}_l1"] = round(float((rec - imgs).abs().mean()), 4)
             out[f"{name}_spurious_sat_px"] = round(float(spurious.sum()) / n, 2)
+            # a droplet sits where the decoder puts it, whatever the image: the share of images with a
+            # spurious pixel within one pixel of the most common place
+            near = torch.nn.functional.max_pool2d(spurious.float()[:, None], 3, stride=1, padding=1)
+            out[f"{name}_same_place"] = round(float(near.mean(0).max()), 3)
     return out
 
 
