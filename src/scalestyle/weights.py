@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from scalestyle.config import (
+    PRESETS,
     BSQVAEConfig,
     InfinityConfig,
     ModelPreset,
@@ -559,6 +560,15 @@ def load_infinity_weights(model: nn.Module, state: Mapping[str, torch.Tensor], *
     _copy_into(targets, adapted, source)
 
 
+def check_infinity_weights(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """:func:`load_infinity_weights`' checks alone, without copying: ``model`` may be on the meta device,
+    so a file that does not fit is refused before the model's memory is allocated."""
+    targets = _model_state(model)
+    check_coverage(
+        _shapes(targets), _shapes(adapt_infinity_state(targets, state)), source=source, hints=INFINITY_HINTS
+    )
+
+
 _CONV_MARKERS = ("conv", ".q.", ".k.", ".v.", ".proj_out.", ".nin_shortcut.")
 
 
@@ -592,10 +602,22 @@ def adapt_vae_state(
 def load_vae_weights(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
     """Load an official (or scalestyle) BSQ-VAE state dict into ``model`` strictly, in place."""
     targets = _model_state(model)
+    adapted = _checked_vae_state(targets, state, source)
+    _copy_into(targets, adapted, source)
+
+
+def check_vae_weights(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """:func:`load_vae_weights`' checks alone (``model`` may be on the meta device)."""
+    _checked_vae_state(_model_state(model), state, source)
+
+
+def _checked_vae_state(
+    targets: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
     adapted = adapt_vae_state(targets, state)
     filled = [k for k in adapted if k.endswith("lfq.mask") and k not in state]
     check_coverage(_shapes(targets), _shapes(adapted), source=source, hints=VAE_HINTS, filled=filled)
-    _copy_into(targets, adapted, source)
+    return adapted
 
 
 VAR_HINTS = (
@@ -929,6 +951,17 @@ class VARFiles:
     transformer: Path
     vae: Path
     preset: VARPreset
+
+
+def is_var_folder(model_dir: str | Path) -> bool:
+    """Whether a folder holds a VAR model (upstream's file names, or a VAR preset in its layout file),
+    rather than an Infinity one."""
+    folder = Path(model_dir).expanduser()
+    layout = folder / LAYOUT_FILE
+    if layout.is_file():
+        data = _read_json(layout)
+        return isinstance(data, dict) and isinstance(PRESETS.get(str(data.get("preset", ""))), VARPreset)
+    return any((folder / v.transformer).is_file() for v in VAR_LAYOUTS.values())
 
 
 def resolve_var_files(model_dir: str | Path) -> VARFiles:
