@@ -31,7 +31,7 @@ from scalestyle.stylevar_weights import (
 )
 from scalestyle.train.stylevar import panw_weights_L, sft_loss
 from scalestyle.transfer import TransferPipeline, image_sha256
-from scalestyle.weights import LAYOUT_FILE, VQVAE_FILE, WeightsError, read_state_dict
+from scalestyle.weights import LAYOUT_FILE, VQVAE_FILE, WeightsError, download, read_state_dict
 
 PRESET = get_stylevar_preset("stylevar-tiny")
 SAMPLING = SamplingConfig(cfg=0, top_k=30, top_p=0.96, seed=3)
@@ -400,7 +400,7 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 
 def test_download_moves_the_release_into_place(tmp_path: Path, hub: list[dict[str, Any]]) -> None:
-    dest = download_stylevar(tmp_path / "w", token="hf_x")
+    dest = download("stylevar", tmp_path / "w", token="hf_x")
     assert [c["repo_id"] for c in hub] == ["Senfier-LiqiJing/StyleVAR"] and hub[0]["token"] == "hf_x"
     names = ["vae_ch160v4096z32.pth", "StyleVAR_SFT.pth", "StyleVAR-GRPO.pth"]
     assert hub[0]["allow_patterns"] == names

@@ -141,6 +141,8 @@ OFFICIAL_LAYOUTS: dict[str, OfficialLayout] = {
 
 
 VAR_HUB_REPO = "FoundationVision/var"
+# `download("stylevar", ...)`: the released StyleVAR (VQ-VAE, SFT and GRPO) of scalestyle.stylevar_weights
+STYLEVAR_DOWNLOAD = "stylevar"
 VQVAE_FILE = "vae_ch160v4096z32.pth"
 # VAR's presets and their files in the hub repo (one VQ-VAE for every depth)
 VAR_LAYOUTS: dict[str, OfficialLayout] = {
@@ -1052,12 +1054,18 @@ def download(
     ``infinity_vae_d32reg.pth`` (2B); the folder ``infinity_8b_weights/`` (four safetensors shards and
     ``model.safetensors.index.json``) and ``infinity_vae_d56_f8_14_patchify.pth`` (8B). Writes
     ``scalestyle_model.json`` so that ``--model DEST`` works. VAR presets (``var-d16`` .. ``var-d36``)
-    come from ``FoundationVision/var`` (:func:`_download_var`).
+    come from ``FoundationVision/var`` (:func:`_download_var`); ``"stylevar"`` is the released StyleVAR
+    from ``Senfier-LiqiJing/StyleVAR`` (:func:`scalestyle.stylevar_weights.download_stylevar`).
     """
     if preset_name in VAR_LAYOUTS:
         return _download_var(VAR_LAYOUTS[preset_name], Path(dest).expanduser(), token)
+    if preset_name == STYLEVAR_DOWNLOAD:
+        # imported here: scalestyle.stylevar_weights builds on this module
+        from scalestyle.stylevar_weights import download_stylevar
+
+        return download_stylevar(dest, token=token)
     if preset_name not in OFFICIAL_LAYOUTS:
-        known = ", ".join(sorted((*OFFICIAL_LAYOUTS, *VAR_LAYOUTS)))
+        known = ", ".join(sorted((*OFFICIAL_LAYOUTS, *VAR_LAYOUTS, STYLEVAR_DOWNLOAD)))
         raise WeightsError(f"no official weights for {preset_name!r}; choose one of {known}")
     layout = OFFICIAL_LAYOUTS[preset_name]
     out = Path(dest).expanduser()
