@@ -497,3 +497,22 @@ def test_sft_loss_decreases_on_a_tiny_triplet_batch() -> None:
         losses.append(loss.item())
     assert losses[0] > math.log(PRESET.vae.vocab_size) * 0.5
     assert losses[-1] < losses[0] * 0.9, losses
+
+
+def test_transfer_cli_writes_an_rgb_png_with_metadata(tmp_path: Path) -> None:
+    from PIL import Image as PILImage
+
+    from scalestyle.cli import main
+    from scalestyle.metadata import read_png_metadata
+
+    rng = np.random.default_rng(0)
+    for name in ("c.png", "s.png"):
+        PILImage.fromarray(rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)).save(tmp_path / name)
+    out = tmp_path / "o.png"
+    argv = ["transfer", "--content", str(tmp_path / "c.png"), "--style", str(tmp_path / "s.png")]
+    code = main(
+        [*argv, "--model", "stylevar-tiny", "--random-weights", "--top-k", "30", "--out", str(out), "--quiet"]
+    )
+    assert code == 0 and PILImage.open(out).mode == "RGB"
+    assert read_png_metadata(out)["model"].startswith("stylevar-tiny")
+    assert main([*argv, "--strength", "2", "--out", str(tmp_path / "x.png"), "--quiet"]) == 2

@@ -1000,12 +1000,76 @@ def _download_parser(sub: Subparsers) -> None:
     )
     p.add_argument(
         "preset",
-        choices=[name for name in PRESETS if name in OFFICIAL_LAYOUTS or name in VAR_LAYOUTS],
+        choices=[*(name for name in PRESETS if name in OFFICIAL_LAYOUTS or name in VAR_LAYOUTS), "stylevar"],
         help="the preset to fetch",
     )
     p.add_argument("--dest", default=None, help="folder to write; default: $SCALESTYLE_HOME/PRESET")
     p.add_argument("--token", default=None, help="Hugging Face token for gated repositories")
     p.set_defaults(func=cmd_download)
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from scalestyle.images import load_image
+    from scalestyle.locate import model_folder
+    from scalestyle.metadata import write_png
+    from scalestyle.transfer import TRANSFER_SAMPLING, TransferPipeline
+
+    if not -1 <= args.strength <= 1:
+        raise CliError(f"--strength must be in [-1, 1], got {args.strength}")
+    out = _out_png(args.out, args.overwrite)
+    args.device = _device(args.device)
+    sampling = replace(TRANSFER_SAMPLING, seed=args.seed, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
+    content, style = load_image(args.content), load_image(args.style)
+    if args.random_weights:
+        pipe = TransferPipeline.random(args.model or "stylevar-d20", seed=args.seed, device=args.device)
+    else:
+        folder = model_folder(args.model or "stylevar")
+        pipe = TransferPipeline.load(
+            folder, variant=args.variant, device=args.device, double_append=args.double_append
+        )
+    result = pipe(content, style, strength=args.strength, sampling=sampling)
+    write_png(result.images[0], out, result.metadata[0])
+    if not args.quiet:
+        sys.stderr.write(f"wrote {out} ({result.images[0].width}x{result.images[0].height})\n")
+    return 0
+
+
+def _transfer_parser(sub: Subparsers) -> None:
+    from scalestyle.config import STYLEVAR_PRESETS
+    from scalestyle.transfer import TRANSFER_SAMPLING
+
+    p = sub.add_parser(
+        "transfer",
+        help="redraw a content image in a style image's style (StyleVAR)",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--content", required=True, help="the content image")
+    p.add_argument("--style", required=True, help="the style reference image")
+    p.add_argument("--out", required=True, help="output .png (an existing file needs --overwrite)")
+    p.add_argument(
+        "--strength", type=float, default=0.0, help="style strength in [-1, 1] (shifts every alpha)"
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="StyleVAR folder (from `scalestyle download stylevar`); with --random-weights a preset "
+        f"({', '.join(STYLEVAR_PRESETS)}); default: $SCALESTYLE_HOME/stylevar",
+    )
+    p.add_argument("--variant", choices=["grpo", "sft"], default="grpo", help="which released checkpoint")
+    p.add_argument(
+        "--double-append", action="store_true", help="sample with the authors' KV cache (history keys twice)"
+    )
+    p.add_argument("--random-weights", action="store_true", help="a preset with random weights (timing)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1; default: cuda if available")
+    p.add_argument("--seed", type=int, default=TRANSFER_SAMPLING.seed, help="random seed of the sampler")
+    p.add_argument("--cfg", type=float, default=TRANSFER_SAMPLING.cfg, help="CFG ramp on the style (0: off)")
+    p.add_argument("--top-k", type=int, default=TRANSFER_SAMPLING.top_k, help="top-k sampling (0: off)")
+    p.add_argument("--top-p", type=float, default=TRANSFER_SAMPLING.top_p, help="nucleus sampling (1: off)")
+    _overwrite(p)
+    _quiet(p)
+    p.set_defaults(func=cmd_transfer)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1019,6 +1083,7 @@ def build_parser() -> argparse.ArgumentParser:
         _analyze_parser,
         _evaluate_parser,
         _download_parser,
+        _transfer_parser,
     ):
         add(sub)
     return parser
