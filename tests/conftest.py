@@ -6,14 +6,14 @@ import pytest
 import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture
-def shared_research() -> Path:
-    path = SHARED / "research"
-    if not path.is_dir():
-        pytest.skip(f"shared research folder not found at {path}")
-    return path
+def key_dumps() -> Path:
+    """The official state-dict key dumps (copied from the research notes: facts about file layouts), so the
+    key-layout tests run in any clone."""
+    return DATA
 
 
 @pytest.fixture(autouse=True)

@@ -87,8 +87,8 @@ def _dump_sections(path: Path) -> list[list[tuple[str, tuple[int, ...], str, str
 
 
 @pytest.mark.parametrize(("preset", "section"), [("infinity-2b", 0), ("infinity-8b", 1)])
-def test_state_dict_equals_upstream_dump(shared_research: Path, preset: str, section: int) -> None:
-    dump = _dump_sections(shared_research / "infinity_vae_keys.txt")
+def test_state_dict_equals_upstream_dump(key_dumps: Path, preset: str, section: int) -> None:
+    dump = _dump_sections(key_dumps / "infinity_vae_keys.txt")
     assert len(dump) == 2, "expected a d32 and a d56 section in the dump"
     with torch.device("meta"):
         vae = BSQVAE(PRESETS[preset].vae)

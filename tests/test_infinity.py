@@ -82,11 +82,11 @@ def _dump(path: Path) -> dict[str, tuple[int, ...]]:
 @pytest.mark.parametrize(
     ("preset", "dump"), [("infinity-2b", "infinity_2b_keys.txt"), ("infinity-8b", "infinity_8b_keys.txt")]
 )
-def test_meta_build_matches_official_keys(preset: str, dump: str, shared_research: Path) -> None:
+def test_meta_build_matches_official_keys(preset: str, dump: str, key_dumps: Path) -> None:
     with torch.device("meta"):
         model = Infinity(get_preset(preset).transformer)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    expected = _dump(shared_research / dump)
+    expected = _dump(key_dumps / dump)
     assert sorted(set(ours) - set(expected)) == []
     assert sorted(set(expected) - set(ours)) == []
     assert {k: v for k, v in ours.items() if expected[k] != v} == {}

@@ -715,22 +715,22 @@ def _meta_state(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
 
 
-def test_official_key_dumps_fit_the_real_models(shared_research: Path) -> None:
+def test_official_key_dumps_fit_the_real_models(key_dumps: Path) -> None:
     infinity = pytest.importorskip("scalestyle.models.infinity")
     bsq_vae = pytest.importorskip("scalestyle.models.bsq_vae")
     with torch.device("meta"):
         model_2b = infinity.Infinity(PRESETS["infinity-2b"].transformer)
         vae_d32 = bsq_vae.BSQVAE(PRESETS["infinity-2b"].vae)
         vae_d56 = bsq_vae.BSQVAE(PRESETS["infinity-8b"].vae)
-    keys_2b = _key_dump(shared_research / "infinity_2b_keys.txt")
-    keys_8b = _key_dump(shared_research / "infinity_8b_keys.txt")
+    keys_2b = _key_dump(key_dumps / "infinity_2b_keys.txt")
+    keys_8b = _key_dump(key_dumps / "infinity_8b_keys.txt")
     assert len(keys_2b) == 694 and len(keys_8b) == 862
     load_infinity_weights(model_2b, _meta_state(keys_2b), source="infinity_2b_reg.pth")
     raises_one_line(
         lambda: load_infinity_weights(model_2b, _meta_state(keys_8b), source="infinity_8b_weights"),
         "checkpoint width 3584 but preset width 2048: is this a checkpoint of another model size?",
     )
-    vae_keys = shared_research / "infinity_vae_keys.txt"
+    vae_keys = key_dumps / "infinity_vae_keys.txt"
     load_vae_weights(vae_d32, _meta_state(plain_vae_naming(_key_dump(vae_keys, 0))), source="d32")
     load_vae_weights(vae_d56, _meta_state(_key_dump(vae_keys, 1)), source="d56")
 
