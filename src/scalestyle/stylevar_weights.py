@@ -15,10 +15,6 @@ is; the ResNet trunks and ``feat_emb``, which VAR lacks, keep the model's own va
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +37,8 @@ from scalestyle.weights import (
     _model_state,
     _read_json,
     _shapes,
-    _snapshot,
     check_coverage,
+    download_staged,
     load_vqvae_weights,
     read_state_dict,
 )
@@ -184,35 +180,14 @@ def download_stylevar(dest: str | Path, *, token: str | None = None) -> Path:
     """The released VQ-VAE, SFT and GRPO checkpoints from ``Senfier-LiqiJing/StyleVAR`` into ``dest``.
 
     The hub writes into a temporary folder inside ``dest``; the files move into place only once all are
-    complete (as :func:`scalestyle.weights._download_var`), then ``scalestyle_model.json`` records them.
+    complete (:func:`scalestyle.weights.download_staged`), then ``scalestyle_model.json`` records them.
     """
-    out = Path(dest).expanduser()
     parts = (VQVAE_FILE, *STYLEVAR_CHECKPOINTS.values())
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=out))
-    except OSError as err:
-        raise WeightsError(f"cannot create {out}: {_brief(err)}") from None
-    try:
-        _snapshot(STYLEVAR_HUB_REPO, parts, staging, token)
-        for part in parts:
-            if not (staging / part).is_file():
-                raise WeightsError(
-                    f"the hub snapshot of {STYLEVAR_HUB_REPO} has no {part}; nothing was written to {out}"
-                )
-        record = {
-            "format_version": FORMAT_VERSION,
-            "preset": STYLEVAR_PRESET,
-            "checkpoints": STYLEVAR_CHECKPOINTS,
-            "vae": VQVAE_FILE,
-            "source": STYLEVAR_HUB_REPO,
-        }
-        try:
-            for part in parts:
-                os.replace(staging / part, out / part)
-            (out / LAYOUT_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        except OSError as err:
-            raise WeightsError(f"cannot write to {out}: {_brief(err)}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+    record = {
+        "format_version": FORMAT_VERSION,
+        "preset": STYLEVAR_PRESET,
+        "checkpoints": STYLEVAR_CHECKPOINTS,
+        "vae": VQVAE_FILE,
+        "source": STYLEVAR_HUB_REPO,
+    }
+    return download_staged(STYLEVAR_HUB_REPO, parts, parts, Path(dest).expanduser(), record, token)

@@ -1119,31 +1119,39 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 def _download_var(layout: OfficialLayout, out: Path, token: str | None) -> Path:
-    """``var_d{depth}.pth`` and ``vae_ch160v4096z32.pth`` from ``FoundationVision/var`` into ``out``.
+    """``var_d{depth}.pth`` and ``vae_ch160v4096z32.pth`` from ``FoundationVision/var`` into ``out``."""
+    record = {
+        "format_version": FORMAT_VERSION,
+        "preset": layout.preset,
+        "transformer": layout.transformer,
+        "vae": layout.vae,
+        "source": VAR_HUB_REPO,
+    }
+    parts = (layout.transformer, layout.vae)
+    return download_staged(VAR_HUB_REPO, layout.allow_patterns, parts, out, record, token)
 
-    The hub writes into a temporary folder inside ``out``; the files move into place only once both are
-    complete, so an interrupted download leaves no partial model file that a later load would trip on.
-    """
+
+def download_staged(
+    repo: str,
+    patterns: Sequence[str],
+    parts: Sequence[str],
+    out: Path,
+    record: Mapping[str, Any],
+    token: str | None,
+) -> Path:
+    """Fetch ``patterns`` of ``repo`` into a temporary folder inside ``out``, then move ``parts`` into place
+    and write ``record`` as the layout file, only once every part is complete: an interrupted download
+    leaves no partial model file that a later load would trip on."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=out))
     except OSError as err:
         raise WeightsError(f"cannot create {out}: {_brief(err)}") from None
     try:
-        _snapshot(VAR_HUB_REPO, layout.allow_patterns, staging, token)
-        parts = (layout.transformer, layout.vae)
+        _snapshot(repo, patterns, staging, token)
         for part in parts:
             if not (staging / part).is_file():
-                raise WeightsError(
-                    f"the hub snapshot of {VAR_HUB_REPO} has no {part}; nothing was written to {out}"
-                )
-        record = {
-            "format_version": FORMAT_VERSION,
-            "preset": layout.preset,
-            "transformer": layout.transformer,
-            "vae": layout.vae,
-            "source": VAR_HUB_REPO,
-        }
+                raise WeightsError(f"the hub snapshot of {repo} has no {part}; nothing was written to {out}")
         try:
             for part in parts:
                 os.replace(staging / part, out / part)
