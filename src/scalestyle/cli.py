@@ -374,19 +374,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from scalestyle.train.folder import FolderTrainConfig, train_on_folder
 
     if args.what == "demo":
-        for flag in ("data", "init", "text_encoder"):
-            if getattr(args, flag) is not None:
-                raise CliError(
-                    f"--{flag.replace('_', '-')} is for `train folder`; `train demo` renders its data"
-                )
         cfg: DemoTrainConfig | FolderTrainConfig = (
             DemoTrainConfig.quick() if args.quick else DemoTrainConfig()
         )
     else:
-        if args.data is None:
-            raise CliError("`train folder` needs --data DIR (images with captions)")
-        if args.classifier_steps is not None:
-            raise CliError("--classifier-steps is for `train demo` (the world's judges)")
         cfg = FolderTrainConfig(
             init=args.init,
             text_encoder=args.text_encoder,
@@ -778,28 +769,34 @@ def _bench_parser(sub: Subparsers) -> None:
 def _train_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "train",
-        help="train models: the demo world (`train demo`) or your images (`train folder`)",
+        help="train models: the demo world (`train demo`), your images (`train folder`), ...",
         formatter_class=_Formatter,
     )
-    p.add_argument(
-        "what",
-        choices=["demo", "folder"],
-        help="demo: the bundled demo model; folder: a folder of captioned images",
+    train_sub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    demo = train_sub.add_parser("demo", help="the bundled demo model", formatter_class=_Formatter)
+    folder = train_sub.add_parser("folder", help="a folder of captioned images", formatter_class=_Formatter)
+    folder.add_argument("--data", required=True, help="images with metadata.jsonl or .txt captions")
+    folder.add_argument(
+        "--init", default=None, help="model folder to fine-tune (its VAE and text encoder kept)"
     )
+    folder.add_argument("--text-encoder", default=None, help="from scratch: T5 hub id or directory")
+    folder.add_argument(
+        "--allow-uncaptioned", action="store_true", help="train images without a caption as unconditional"
+    )
+    demo.add_argument(
+        "--classifier-steps", type=_at_least(0), default=None, help="classifier steps; default: the recipe's"
+    )
+    for q in (demo, folder):
+        _train_model_args(q)
+        q.set_defaults(func=cmd_train)
+
+
+def _train_model_args(p: argparse.ArgumentParser) -> None:
+    """The flags of `train demo` and `train folder` (a VAE and a transformer from one recipe)."""
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--work-dir", default="runs/demo", help="checkpoints and logs (resumable)")
     p.add_argument(
         "--preset", default=None, help="architecture preset when training from scratch; default: demo"
-    )
-    p.add_argument("--data", default=None, help="folder: images with metadata.jsonl or .txt captions")
-    p.add_argument(
-        "--init", default=None, help="folder: model folder to fine-tune (its VAE and text encoder kept)"
-    )
-    p.add_argument("--text-encoder", default=None, help="folder, from scratch: T5 hub id or directory")
-    p.add_argument(
-        "--allow-uncaptioned",
-        action="store_true",
-        help="folder: train images without a caption as unconditional",
     )
     p.add_argument("--vae-steps", type=_at_least(0), default=None, help="VAE steps; default: the recipe's")
     p.add_argument(
@@ -807,12 +804,6 @@ def _train_parser(sub: Subparsers) -> None:
         type=_at_least(0),
         default=None,
         help="transformer steps; default: the recipe's",
-    )
-    p.add_argument(
-        "--classifier-steps",
-        type=_at_least(0),
-        default=None,
-        help="demo: classifier steps; default: the recipe's",
     )
     p.add_argument(
         "--batch-size", type=_at_least(1), default=None, help="images per step; default: the recipe's"
@@ -836,7 +827,6 @@ def _train_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--quick", action="store_true", help="a few steps of each part (smoke test)")
     _quiet(p)
-    p.set_defaults(func=cmd_train)
 
 
 def _analyze_parser(sub: Subparsers) -> None:
