@@ -11,32 +11,58 @@ Initialising from a plain VAR follows `train/train_sft.py` ("vanilla transfer"):
 ``attn.mat_qkv.weight`` is copied into both ``mat_qkv_guide`` and ``mat_qkv_target``, ``q_bias`` and
 ``v_bias`` likewise, ``class_emb`` (and VAR's ``zero_k_bias`` buffer) dropped, every other key copied as it
 is; the ResNet trunks and ``feat_emb``, which VAR lacks, keep the model's own values.
+
+A StyleVAR trained here is a native folder, laid out as scalestyle's other model folders
+(:func:`scalestyle.weights.save_model_dir`)::
+
+    config.json                 format_version, "family": "stylevar", the variant ("sft"), the
+                                StyleVARPreset as JSON, and "extra" (its training history)
+    transformer.safetensors     (sharded with an index when large) and vae.safetensors
+
+:func:`resolve_stylevar_files` reads it, the hub layout and a folder made by :func:`download_stylevar`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from scalestyle.config import StyleVARPreset, get_stylevar_preset
+from scalestyle.config import (
+    STYLEVAR_PRESETS,
+    StyleVARConfig,
+    StyleVARPreset,
+    VARPreset,
+    VQVAEConfig,
+    get_stylevar_preset,
+)
 from scalestyle.models.stylevar import StyleVAR
 from scalestyle.models.vqvae import VQVAE
 from scalestyle.weights import (
+    CONFIG_FILE,
+    DEFAULT_MAX_SHARD_BYTES,
     FORMAT_VERSION,
     LAYOUT_FILE,
+    TRANSFORMER_STEM,
+    VAE_STEM,
     VQVAE_FILE,
     SizeHint,
     WeightsError,
     _brief,
+    _build,
     _copy_into,
     _load_strict,
     _model_state,
     _read_json,
+    _saveable,
     _shapes,
+    _weights_path,
+    _write_weights,
     check_coverage,
     download_staged,
     load_vqvae_weights,
@@ -47,6 +73,8 @@ STYLEVAR_HUB_REPO = "Senfier-LiqiJing/StyleVAR"
 STYLEVAR_PRESET = "stylevar-d20"
 # the released transformers by variant: SFT, and GRPO with its LoRA merged
 STYLEVAR_CHECKPOINTS = {"sft": "StyleVAR_SFT.pth", "grpo": "StyleVAR-GRPO.pth"}
+# the "family" of a native folder's config.json (Infinity folders have none)
+STYLEVAR_FAMILY = "stylevar"
 STYLEVAR_HINTS = (
     SizeHint("pos_start", -1, "width", "is this a checkpoint of another model size?"),
     SizeHint("pos_1LC", 1, "token count", "is this a checkpoint of another resolution?"),
@@ -109,6 +137,31 @@ def init_from_var(model: StyleVAR, var_state: Mapping[str, torch.Tensor], *, sou
     _copy_into({k: targets[k] for k in mapped}, mapped, source)
 
 
+def stylevar_preset_for_var(var: VARPreset) -> StyleVARPreset:
+    """The StyleVAR preset that a VAR of ``var``'s sizes initialises (the same blocks, grids, codebook and
+    VQ-VAE; `build_vae_stylevar` builds StyleVAR-d20 for VAR-d20 so)."""
+    t = var.transformer
+    want = (t.depth, t.width, t.heads, t.patch_nums, t.vocab_size, t.z_channels, t.attn_l2_norm, t.mlp_ratio)
+    for preset in STYLEVAR_PRESETS.values():
+        s = preset.transformer
+        have = (
+            s.depth,
+            s.width,
+            s.heads,
+            s.patch_nums,
+            s.vocab_size,
+            s.z_channels,
+            s.attn_l2_norm,
+            s.mlp_ratio,
+        )
+        if have == want and s.norm_eps == t.norm_eps and not t.shared_aln and preset.vae == var.vae:
+            return preset
+    raise WeightsError(
+        f"no StyleVAR preset fits the VAR preset {var.name!r} (depth {t.depth}, width {t.width}, patch_nums "
+        f"{t.patch_nums}, its VQ-VAE); StyleVAR presets: {', '.join(STYLEVAR_PRESETS)}"
+    )
+
+
 def trunk_state_from_torchvision(resnet18_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """torchvision ``resnet18`` keys -> the trunk's (``children()[:-1]``: conv1 -> 0, bn1 -> 1,
     layerN -> 3+N; the classifier ``fc`` dropped), for loading ImageNet weights into the trunks."""
@@ -130,22 +183,122 @@ def trunk_state_from_torchvision(resnet18_state: Mapping[str, torch.Tensor]) -> 
 
 @dataclass(frozen=True)
 class StyleVARFiles:
-    """The files of a StyleVAR folder: the transformer of one variant and the VQ-VAE."""
+    """The files of a StyleVAR folder: the transformer of one variant and the VQ-VAE, and the training
+    history a native folder records (one entry per run, oldest first; empty for the released files)."""
 
     transformer: Path
     vae: Path
     preset: StyleVARPreset
+    variant: str
+    history: tuple[dict[str, Any], ...] = ()
 
 
-def resolve_stylevar_files(model_dir: str | Path, variant: str = "grpo") -> StyleVARFiles:
-    """Which file is which in a StyleVAR folder: one made by :func:`download_stylevar`
-    (``scalestyle_model.json``), or the hub repo's layout (``vae_ch160v4096z32.pth`` beside the released
-    ``StyleVAR_SFT.pth`` / ``StyleVAR-GRPO.pth``). ``variant``: ``"grpo"`` or ``"sft"``."""
+def stylevar_preset_from_dict(data: Any, where: str) -> StyleVARPreset:
+    """A :class:`StyleVARPreset` from its JSON (``asdict``); ``where`` names the file in errors."""
+    preset: StyleVARPreset = _build(
+        StyleVARPreset,
+        data,
+        where,
+        {
+            "transformer": lambda v, w: _build(StyleVARConfig, v, w),
+            "vae": lambda v, w: _build(VQVAEConfig, v, w),
+        },
+    )
+    return preset
+
+
+def _check_variant(variant: str) -> None:
     if variant not in STYLEVAR_CHECKPOINTS:
         raise WeightsError(f"StyleVAR variant must be one of {sorted(STYLEVAR_CHECKPOINTS)}, got {variant!r}")
+
+
+def save_stylevar_dir(
+    out_dir: str | Path,
+    *,
+    preset: StyleVARPreset,
+    model: StyleVAR,
+    vqvae: VQVAE,
+    variant: str = "sft",
+    history: tuple[dict[str, Any], ...] = (),
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> Path:
+    """Write a native StyleVAR folder (see the module docstring); ``config.json`` last, so a folder
+    interrupted mid-save is not taken for a model. Returns the folder."""
+    _check_variant(variant)
+    out = Path(out_dir).expanduser()
+    config = {
+        "format_version": FORMAT_VERSION,
+        "family": STYLEVAR_FAMILY,
+        "variant": variant,
+        **asdict(preset),
+        "extra": {"training": list(history)},
+    }
+    try:
+        config_text = json.dumps(config, indent=2) + "\n"
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"{out / CONFIG_FILE}: history is not JSON-serializable ({_brief(err)})") from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_weights(out, TRANSFORMER_STEM, _saveable(model), max_shard_bytes)
+        _write_weights(out, VAE_STEM, _saveable(vqvae), max_shard_bytes)
+        (out / CONFIG_FILE).write_text(config_text)
+    except OSError as err:
+        raise WeightsError(f"{out}: cannot write the model folder ({_brief(err)})") from None
+    return out
+
+
+def _native_files(folder: Path, variant: str | None) -> StyleVARFiles:
+    path = folder / CONFIG_FILE
+    data = _read_json(path)
+    if not isinstance(data, dict) or data.get("family") != STYLEVAR_FAMILY:
+        raise WeightsError(
+            f"{path}: not a StyleVAR model folder (its config has no family {STYLEVAR_FAMILY!r})"
+        )
+    version = data.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise WeightsError(
+            f"{path}: format_version {json.dumps(version)} is not supported (1 to {FORMAT_VERSION})"
+        )
+    own = data.get("variant")
+    if not isinstance(own, str) or own not in STYLEVAR_CHECKPOINTS:
+        raise WeightsError(f"{path}: variant must be one of {sorted(STYLEVAR_CHECKPOINTS)}, got {own!r}")
+    if variant is not None and variant != own:
+        raise WeightsError(f"{folder}: has no {variant} checkpoint (it holds {own})")
+    extra = data.get("extra") or {}
+    history = extra.get("training", []) if isinstance(extra, dict) else []
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise WeightsError(f"{path}: extra.training must be a list of objects")
+    fields = {k: v for k, v in data.items() if k not in ("format_version", "family", "variant", "extra")}
+    preset = stylevar_preset_from_dict(fields, str(path))
+    transformer, vae = _weights_path(folder, TRANSFORMER_STEM), _weights_path(folder, VAE_STEM)
+    return StyleVARFiles(transformer, vae, preset, own, tuple(history))
+
+
+def is_stylevar_folder(model_dir: str | Path) -> bool:
+    """Whether a folder holds a StyleVAR (native, downloaded or the hub layout) rather than another model."""
+    folder = Path(model_dir).expanduser()
+    config, layout = folder / CONFIG_FILE, folder / LAYOUT_FILE
+    if config.is_file():
+        data = _read_json(config)
+        return isinstance(data, dict) and data.get("family") == STYLEVAR_FAMILY
+    if layout.is_file():
+        data = _read_json(layout)
+        return isinstance(data, dict) and isinstance(data.get("checkpoints"), dict)
+    return any((folder / name).is_file() for name in STYLEVAR_CHECKPOINTS.values())
+
+
+def resolve_stylevar_files(model_dir: str | Path, variant: str | None = None) -> StyleVARFiles:
+    """Which file is which in a StyleVAR folder: a native one (``config.json``), one made by
+    :func:`download_stylevar` (``scalestyle_model.json``), or the hub repo's layout
+    (``vae_ch160v4096z32.pth`` beside the released ``StyleVAR_SFT.pth`` / ``StyleVAR-GRPO.pth``).
+    ``variant``: ``"grpo"`` or ``"sft"``; None takes the folder's own (native) or ``"grpo"``."""
+    if variant is not None:
+        _check_variant(variant)
     folder = Path(model_dir).expanduser()
     if not folder.is_dir():
         raise WeightsError(f"{folder}: no such model folder")
+    if (folder / CONFIG_FILE).is_file():
+        return _native_files(folder, variant)
     preset_name, names, vae = STYLEVAR_PRESET, dict(STYLEVAR_CHECKPOINTS), VQVAE_FILE
     layout = folder / LAYOUT_FILE
     if layout.is_file():
@@ -157,9 +310,10 @@ def resolve_stylevar_files(model_dir: str | Path, variant: str = "grpo") -> Styl
         preset = get_stylevar_preset(preset_name)
     except ValueError as err:
         raise WeightsError(f"{layout}: {_brief(err)}") from None
-    if variant not in names:
-        raise WeightsError(f"{folder}: has no {variant} checkpoint (it lists {', '.join(sorted(names))})")
-    files = StyleVARFiles(folder / str(names[variant]), folder / vae, preset)
+    chosen = variant or ("grpo" if "grpo" in names else next(iter(names), "grpo"))
+    if chosen not in names:
+        raise WeightsError(f"{folder}: has no {chosen} checkpoint (it lists {', '.join(sorted(names))})")
+    files = StyleVARFiles(folder / str(names[chosen]), folder / vae, preset, chosen)
     for part in (files.transformer, files.vae):
         if not part.is_file():
             raise WeightsError(f"{folder}: {part.name} is missing")

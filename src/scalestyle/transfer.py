@@ -80,12 +80,13 @@ class TransferPipeline:
         cls,
         model_dir: str | Path,
         *,
-        variant: str = "grpo",
+        variant: str | None = None,
         device: str | None = None,
         double_append: bool = False,
     ) -> TransferPipeline:
-        """A downloaded StyleVAR folder (:func:`scalestyle.stylevar_weights.download_stylevar`); ``variant``
-        ``"grpo"`` or ``"sft"``; ``double_append=True`` samples as the authors' code does."""
+        """A StyleVAR folder: downloaded (:func:`scalestyle.stylevar_weights.download_stylevar`) or trained
+        (`scalestyle train stylevar-sft`); ``variant`` ``"grpo"`` or ``"sft"``, None for the folder's own
+        (a trained one) or ``"grpo"``; ``double_append=True`` samples as the authors' code does."""
         files = resolve_stylevar_files(model_dir, variant)
         if double_append:
             files = replace(
@@ -95,7 +96,7 @@ class TransferPipeline:
                 ),
             )
         model, vqvae = load_stylevar_models(files)
-        name = f"{files.preset.name}-{variant}" + (" (double append)" if double_append else "")
+        name = f"{files.preset.name}-{files.variant}" + (" (double append)" if double_append else "")
         return cls(Pipeline._place(model, vqvae, None, files.preset, name, pick_device(device)))
 
     @classmethod

@@ -810,6 +810,13 @@ def _build(cls: type, data: Any, where: str, nested: Mapping[str, _Builder] | No
                     f"{field_where}: expected a list of integers, got {json.dumps(value)[:40]}"
                 )
             kwargs[name] = tuple(value)
+        elif spec.startswith("tuple[float"):
+            numbers = isinstance(value, list) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value
+            )
+            if not numbers:
+                raise WeightsError(f"{field_where}: expected a list of numbers, got {json.dumps(value)[:40]}")
+            kwargs[name] = tuple(float(v) for v in value)
         else:  # a config field type this reader does not know yet: fail loudly rather than guess
             raise WeightsError(f"{field_where}: unsupported field type {spec}")
     try:
