@@ -521,8 +521,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from scalestyle.eval.methods import get_methods
     from scalestyle.locate import model_folder
 
+    if args.protocol == "transfer":
+        return _evaluate_transfer(args)
+    if args.stylevar:
+        raise CliError("--stylevar is for --protocol transfer")
     # everything the user typed is checked before the model loads
-    methods = get_methods(args.methods)
+    methods = get_methods(args.methods or DEFAULT_EVAL_METHODS)
     seeds = args.seeds or (args.seed,)
     contents, styles = protocols.parse_list(args.contents), protocols.parse_list(args.styles)
     if args.protocol == "procedural":
@@ -589,6 +593,114 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"evaluate: generated {result.computed} image(s), reused {result.reused}, "
             f"{result.skipped} row(s) already done{stop}; {len(result.rows)} rows in "
             f"{out_dir / 'rows.jsonl'}; summary in {out_dir / 'summary.md'}\n"
+        )
+    return 0
+
+
+DEFAULT_EVAL_METHODS = "plain,prompt-only,stylealigned,a,b,c,d"
+TRANSFER_EVAL_METHODS = "copy-content,ours"
+
+
+def _stylevar_spec(text: str) -> tuple[str, Path, str | None]:
+    """``NAME=DIR`` or ``NAME=DIR:VARIANT`` (a released folder's sft/grpo checkpoint)."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise CliError(f"--stylevar wants NAME=DIR or NAME=DIR:VARIANT, got {text!r}")
+    folder, _, variant = rest.rpartition(":") if rest.endswith((":sft", ":grpo")) else (rest, "", "")
+    if not Path(folder).is_dir():
+        raise CliError(f"--stylevar {name}: no folder {folder}")
+    return name, Path(folder), variant or None
+
+
+def _evaluate_transfer(args: argparse.Namespace) -> int:
+    import torch
+
+    from scalestyle.batch import check_out_dir
+    from scalestyle.eval import protocols
+    from scalestyle.eval.evaluate import classifier_gram
+    from scalestyle.eval.transfer_eval import (
+        TransferScorers,
+        copy_content,
+        pipeline_method,
+        run_transfer_evaluation,
+        training_free_method,
+        world_transfer_cases,
+    )
+    from scalestyle.eval.world import Judges
+    from scalestyle.locate import model_folder
+    from scalestyle.method.style import StylePipeline
+    from scalestyle.metrics import GramStyle
+    from scalestyle.models.vqvae import VQVAE
+    from scalestyle.transfer import TRANSFER_SAMPLING, TransferPipeline
+
+    for flag in ("style_images", "prompts_file", "prompts_csv", "styles_csv", "dino"):
+        if getattr(args, flag):
+            raise CliError(f"--{flag.replace('_', '-')} is not a --protocol transfer setting")
+    stylevars = [_stylevar_spec(spec) for spec in args.stylevar or ()]
+    default = ",".join([TRANSFER_EVAL_METHODS, *(name for name, _, _ in stylevars)])
+    wanted = protocols.parse_list(args.methods or default) or ()
+    known = {"copy-content", "ours", *(name for name, _, _ in stylevars)}
+    if unknown := [m for m in wanted if m not in known]:
+        raise CliError(f"unknown transfer method(s) {unknown}: copy-content, ours, or a --stylevar NAME")
+    cases = world_transfer_cases(
+        protocols.parse_list(args.contents), protocols.parse_list(args.styles), args.seeds or (args.seed,)
+    )
+    out_dir = Path(args.out)
+    check_out_dir(out_dir)
+    args.device = _device(args.device)
+    show = not args.quiet
+    world_dir = model_folder(args.model)
+    judges = None
+    if all((world_dir / f"{k}_classifier.safetensors").is_file() for k in ("content", "style")):
+        judges = Judges.load(world_dir)
+    elif show:
+        sys.stderr.write(f"no world classifiers in {world_dir}: ground-truth metrics skipped\n")
+    gram = None
+    if args.gram == "classifier" or (args.gram == "auto" and judges is not None):
+        if judges is None:
+            raise CliError("--gram classifier needs the world classifiers of a demo model folder")
+        gram = classifier_gram(judges)
+    elif args.gram not in ("auto", "none"):
+        gram = GramStyle.from_pretrained(args.gram, device=args.device)
+    clip = None
+    if args.clip:
+        from scalestyle.metrics import CLIPScorer
+
+        clip = CLIPScorer.from_pretrained(args.clip, device=args.device)
+    scorers = TransferScorers(judges=judges, gram=gram, clip=clip)
+    methods: list[Any] = []
+    for name in wanted:
+        if name == "copy-content":
+            methods.append(copy_content())
+        elif name == "ours":
+            styler = StylePipeline(_load(args))
+            sampling = _sampling(args, 1.0)
+            methods.append(training_free_method("ours", styler, sampling=sampling))
+        else:
+            _, folder, variant = next(s for s in stylevars if s[0] == name)
+            pipe = TransferPipeline.load(folder, variant=variant or "grpo", device=args.device)
+            # the authors' top-k 900 is of a 4096-entry codebook; a smaller one keeps every entry
+            assert isinstance(pipe.pipe.vae, VQVAE)  # a StyleVAR folder comes with a VQ-VAE
+            vocab = pipe.pipe.vae.cfg.vocab_size
+            sampling = replace(TRANSFER_SAMPLING, top_k=min(TRANSFER_SAMPLING.top_k, vocab))
+            methods.append(pipeline_method(name, pipe, model_name=pipe.pipe.model_name, sampling=sampling))
+    progress, close = _counter("evaluate", show)
+    result = run_transfer_evaluation(
+        cases,
+        methods,
+        out_dir,
+        scorers=scorers,
+        device=torch.device(args.device) if args.device else None,
+        max_images=args.max_images,
+        progress=progress,
+        thumb=args.thumb,
+    )
+    close()
+    if show:
+        stop = " (stopped at --max-images; run again to continue)" if result.stopped else ""
+        sys.stderr.write(
+            f"evaluate: generated {result.computed} image(s), reused {result.reused}{stop}; "
+            f"{len(result.rows)} rows in {out_dir / 'rows.jsonl'}; summary in {out_dir / 'summary.md'}\n"
         )
     return 0
 
@@ -922,13 +1034,22 @@ def _evaluate_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--protocol",
         required=True,
-        choices=["procedural", "finestyle", "stylear"],
-        help="what to evaluate on",
+        choices=["procedural", "finestyle", "stylear", "transfer"],
+        help="what to evaluate on; transfer: content + style image in, the world's held-out styles",
     )
     p.add_argument(
         "--methods",
-        default="plain,prompt-only,stylealigned,a,b,c,d",
-        help="comma-separated: plain, prompt-only, stylealigned, a, b, c, d (= ours)",
+        default=None,
+        help=f"comma-separated: plain, prompt-only, stylealigned, a, b, c, d (= ours); default "
+        f"{DEFAULT_EVAL_METHODS}. transfer: copy-content, ours (training-free, given the content's "
+        f"caption), and the NAMEs of --stylevar; default {TRANSFER_EVAL_METHODS} and every --stylevar",
+    )
+    p.add_argument(
+        "--stylevar",
+        action="append",
+        default=None,
+        metavar="NAME=DIR[:VARIANT]",
+        help="transfer: a StyleVAR model folder evaluated as method NAME (repeat for several)",
     )
     p.add_argument(
         "--out",

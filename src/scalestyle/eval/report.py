@@ -76,7 +76,9 @@ def _mean(values: Sequence[Any]) -> float | None:
     return statistics.fmean(nums) if nums else None
 
 
-def summarize_rows(rows: Sequence[Row], methods: Sequence[str] = ()) -> list[dict[str, Any]]:
+def summarize_rows(
+    rows: Sequence[Row], methods: Sequence[str] = (), columns: Sequence[MetricColumn] = METRIC_COLUMNS
+) -> list[dict[str, Any]]:
     """One dict per method (``methods`` first, in that order, then any other method in the rows): method,
     images, the mean of every metric column present, seconds_per_image."""
     order = list(dict.fromkeys([*methods, *(r["method"] for r in rows)]))
@@ -86,7 +88,7 @@ def summarize_rows(rows: Sequence[Row], methods: Sequence[str] = ()) -> list[dic
         if not rs:
             continue
         entry: dict[str, Any] = {"method": method, "images": len(rs)}
-        for col in METRIC_COLUMNS:
+        for col in columns:
             value = _mean([r.get(col.field) for r in rs])
             if value is not None:
                 entry[col.name] = value
@@ -95,27 +97,33 @@ def summarize_rows(rows: Sequence[Row], methods: Sequence[str] = ()) -> list[dic
     return out
 
 
-def summary_columns(summary: Sequence[Mapping[str, Any]]) -> list[str]:
+def summary_columns(
+    summary: Sequence[Mapping[str, Any]], columns: Sequence[MetricColumn] = METRIC_COLUMNS
+) -> list[str]:
     present = {k for s in summary for k in s}
-    return ["method", "images", *(c.name for c in METRIC_COLUMNS if c.name in present), "seconds_per_image"]
+    return ["method", "images", *(c.name for c in columns if c.name in present), "seconds_per_image"]
 
 
-def summary_csv(summary: Sequence[Mapping[str, Any]]) -> str:
+def summary_csv(
+    summary: Sequence[Mapping[str, Any]], columns: Sequence[MetricColumn] = METRIC_COLUMNS
+) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    cols = summary_columns(summary)
+    cols = summary_columns(summary, columns)
     writer.writerow(cols)
     for s in summary:
         writer.writerow(["" if s.get(c) is None else s[c] for c in cols])
     return buf.getvalue()
 
 
-def summary_markdown(summary: Sequence[Mapping[str, Any]], *, title: str = "") -> str:
-    cols = summary_columns(summary)
-    better = {c.name: c.better for c in METRIC_COLUMNS}
+def summary_markdown(
+    summary: Sequence[Mapping[str, Any]], *, title: str = "", columns: Sequence[MetricColumn] = METRIC_COLUMNS
+) -> str:
+    cols = summary_columns(summary, columns)
+    better = {c.name: c.better for c in columns}
     head = [f"{c} {'↑' if better[c] == 'higher' else '↓'}" if c in better else c for c in cols]
 
-    unit = {c.name for c in METRIC_COLUMNS if c.unit_range} | {"seconds_per_image"}
+    unit = {c.name for c in columns if c.unit_range} | {"seconds_per_image"}
 
     def cell(col: str, v: Any) -> str:
         if v is None:
@@ -299,17 +307,20 @@ def write_reports(
     thumb: int = 96,
     max_columns: int = 32,
     title: str = "",
+    columns: Sequence[MetricColumn] = METRIC_COLUMNS,
+    inputs: Mapping[str, Callable[[Row], Image.Image | None]] | None = None,
 ) -> dict[str, Path]:
     """summary.md, summary.csv, sheets/<style>.png and plot.png from ``rows``; returns what was written.
-    ``reference(row)`` gives the row's style reference for the sheets' first row."""
+    ``reference(row)`` gives the row's style reference for the sheets' first row; ``inputs`` adds rows
+    above the methods' (name -> image of a row), such as a transfer's content image and true target."""
     if max_columns < 1:
         raise ValueError(f"max_columns must be >= 1, got {max_columns}")
     files: dict[str, Path] = {}
-    summary = summarize_rows(rows, methods)
+    summary = summarize_rows(rows, methods, columns)
     files["summary_md"] = atomic_write_bytes(
-        out_dir / "summary.md", summary_markdown(summary, title=title).encode()
+        out_dir / "summary.md", summary_markdown(summary, title=title, columns=columns).encode()
     )
-    files["summary_csv"] = atomic_write_bytes(out_dir / "summary.csv", summary_csv(summary).encode())
+    files["summary_csv"] = atomic_write_bytes(out_dir / "summary.csv", summary_csv(summary, columns).encode())
     order = [s["method"] for s in summary]
     sheets = out_dir / "sheets"
     for style in dict.fromkeys(r["style"] for r in rows):
@@ -321,6 +332,7 @@ def write_reports(
         grid: list[tuple[str, Sequence[Image.Image | None]]] = [
             ("reference", [reference(first[k]) for k in keys])
         ]
+        grid += [(name, [fn(first[k]) for k in keys]) for name, fn in (inputs or {}).items()]
         by_key = {(r["method"], r["content"], r["seed"]): r for r in in_style}
         for method in order:
             cells: list[Image.Image | None] = []
