@@ -14,12 +14,14 @@ from scalestyle.attention import BatchLayout
 from scalestyle.config import SamplingConfig
 from scalestyle.data import procedural as world
 from scalestyle.method.stylear import StyleARPipeline
+from scalestyle.models.infinity import Infinity
 from scalestyle.models.random_text import RandomTextEncoder
 from scalestyle.models.stylear import (
     CLIPImageEncoder,
     PathStyle,
     PerceiverResampler,
     Reference,
+    SamMasker,
     StyleARAdapter,
     StyleARConfig,
     StyleARSettings,
@@ -43,7 +45,7 @@ def tiny_config(**overrides: object) -> StyleARConfig:
         text_width=128, encoder="vae", encoder_width=8, encoder_source=None, num_queries=4, depth=1, heads=2,
         dim_head=8, width=32,
     )  # fmt: skip
-    return replace(base, **overrides)  # type: ignore[arg-type]
+    return replace(base, **overrides)
 
 
 def tiny_adapter(seed: int = 0, **overrides: object) -> StyleARAdapter:
@@ -58,22 +60,22 @@ def pipe(tiny_model_dir: Path) -> Pipeline:
 
 
 def styler(pipe: Pipeline, adapter: StyleARAdapter) -> StyleARPipeline:
-    return StyleARPipeline(pipe, adapter, VAEImageEncoder(pipe.vae, 64))  # type: ignore[arg-type]
+    return StyleARPipeline(pipe, adapter, VAEImageEncoder(pipe.vae, 64))
 
 
 def ref(content: str = "star", style: str = "neon", seed: int = 0) -> world.Sample:
     return world.render(content, style, seed)
 
 
-def teacher_forced(model: torch.nn.Module, controller: object | None, *, cfg: bool) -> torch.Tensor:
+def teacher_forced(model: Infinity, controller: StyleTokenController | None, *, cfg: bool) -> torch.Tensor:
     """Logits of one conditional row (and its CFG row) under ``controller``."""
     enc = RandomTextEncoder(128, 32)
     text = enc.encode(["a star in style"])
-    raws = [text, model.null_condition(text)] if cfg else [text]  # type: ignore[operator]
-    cond = model.condition(raws)  # type: ignore[operator]
+    raws = [text, model.null_condition(text)] if cfg else [text]
+    cond = model.condition(raws)
     inputs = torch.randn(len(raws), SCHEDULE.total_tokens - 1, 8, generator=torch.Generator().manual_seed(1))
     layout = BatchLayout(("gen",), 1, cfg)
-    with torch.no_grad(), model.control.install(controller):  # type: ignore[union-attr]
+    with torch.no_grad(), model.control.install(controller):
         logits: torch.Tensor = model(inputs, cond, SCHEDULE, layout)
     return logits
 
@@ -124,7 +126,7 @@ def test_weights_one_and_zero_give_the_single_reference_and_weights_are_relative
 
 def test_noise_zero_is_deterministic_and_noise_changes_tokens_reproducibly(pipe: Pipeline) -> None:
     adapter = tiny_adapter()
-    encoder = VAEImageEncoder(pipe.vae, 64)  # type: ignore[arg-type]
+    encoder = VAEImageEncoder(pipe.vae, 64)
     refs = [Reference(ref().image)]
 
     def tokens(settings: StyleARSettings, seed: int) -> torch.Tensor:
@@ -140,7 +142,7 @@ def test_noise_zero_is_deterministic_and_noise_changes_tokens_reproducibly(pipe:
 
 def test_weighted_references_with_weights_one_and_zero_equal_the_single_reference(pipe: Pipeline) -> None:
     adapter = tiny_adapter()
-    encoder = VAEImageEncoder(pipe.vae, 64)  # type: ignore[arg-type]
+    encoder = VAEImageEncoder(pipe.vae, 64)
     a, b = ref("star", "neon"), ref("fish", "graffiti", 4)
     gen = torch.Generator().manual_seed(0)
     single = adapter.references_tokens(encoder, [Reference(a.image)], NO_NOISE, gen)
@@ -169,7 +171,7 @@ def test_object_image_keeps_the_masked_object_cropped_square_on_the_fill() -> No
 
 def test_the_world_mask_gives_se_tokens_that_differ_from_plain_ones(pipe: Pipeline) -> None:
     adapter = tiny_adapter()
-    encoder = VAEImageEncoder(pipe.vae, 64)  # type: ignore[arg-type]
+    encoder = VAEImageEncoder(pipe.vae, 64)
     sample, gen = ref(), torch.Generator().manual_seed(0)
     plain = adapter.references_tokens(encoder, [Reference(sample.image)], NO_NOISE, gen)
     se = adapter.references_tokens(encoder, [Reference(sample.image, 1.0, sample.mask)], NO_NOISE, gen)
@@ -182,9 +184,9 @@ def test_scale_zero_equals_the_base_model_bit_for_bit_and_scale_one_does_not(joi
     model = tiny_transformer()
     tokens = PathStyle(torch.randn(1, 4, 128) * 3)
     base = teacher_forced(model, None, cfg=True)
-    off = StyleTokenController(model, {"gen": tokens}, scale=0.0, join=join)  # type: ignore[arg-type]
+    off = StyleTokenController(model, {"gen": tokens}, scale=0.0, join=join)
     assert torch.equal(teacher_forced(model, off, cfg=True), base)
-    on = StyleTokenController(model, {"gen": tokens}, scale=1.0, join=join)  # type: ignore[arg-type]
+    on = StyleTokenController(model, {"gen": tokens}, scale=1.0, join=join)
     styled = teacher_forced(model, on, cfg=True)
     assert (styled[0] - base[0]).abs().max() > 1e-3
 
@@ -247,7 +249,7 @@ def test_lora_is_in_the_transformer_only_while_applied_and_starts_as_the_identit
 
 def test_save_and_load_round_trip_exactly(tmp_path: Path, pipe: Pipeline) -> None:
     adapter = tiny_adapter(seed=2, lora_rank=2, join="joint")
-    with adapter.lora_applied(pipe.transformer):  # type: ignore[arg-type]
+    with adapter.lora_applied(pipe.transformer):
         pass
     adapter.lora = {k: torch.randn_like(v) for k, v in adapter.lora.items()}
     loaded = StyleARAdapter.load(adapter.save(tmp_path / "adapter"))
@@ -270,7 +272,7 @@ def test_loading_refuses_foreign_folders_and_mismatched_transformers(tmp_path: P
         StyleARAdapter.load(tmp_path)
     wrong = tiny_adapter(text_width=64)
     with pytest.raises(ValueError, match="text_width 64"):
-        wrong.check_fits(pipe.transformer)  # type: ignore[arg-type]
+        wrong.check_fits(pipe.transformer)
 
 
 @pytest.mark.parametrize(
@@ -365,9 +367,50 @@ def test_clip_encoder_gives_the_penultimate_hidden_states_of_a_tiny_clip(tmp_pat
 
 
 def test_vae_encoder_tokens_are_the_latent_grid(pipe: Pipeline) -> None:
-    encoder = VAEImageEncoder(pipe.vae, 64)  # type: ignore[arg-type]
+    encoder = VAEImageEncoder(pipe.vae, 64)
     img = ref().image
     feats = encoder([img, Image.new("RGB", (64, 64), (128, 128, 128))])
     assert feats.shape == (2, 16 * 16, 8)
     with pytest.raises(ValueError, match="multiple of 4"):
-        VAEImageEncoder(pipe.vae, 30)  # type: ignore[arg-type]
+        VAEImageEncoder(pipe.vae, 30)
+
+
+@pytest.mark.slow  # importing transformers' SAM modules alone takes seconds on a shared CPU
+def test_sam_masker_runs_a_tiny_sam_and_gives_a_mask_of_the_image_size(tmp_path: Path) -> None:
+    from transformers import (
+        SamConfig,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamProcessor,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    vision = SamVisionConfig(
+        hidden_size=32, output_channels=16, num_hidden_layers=1, num_attention_heads=2, image_size=64,
+        patch_size=16, mlp_dim=64, global_attn_indexes=[0], window_size=2, num_pos_feats=8,
+    )  # fmt: skip
+    prompt = SamPromptEncoderConfig(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4)
+    decoder = SamMaskDecoderConfig(
+        hidden_size=16, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=16
+    )
+    cfg = SamConfig(
+        vision_config=vision.to_dict(),
+        prompt_encoder_config=prompt.to_dict(),
+        mask_decoder_config=decoder.to_dict(),
+    )
+    torch.manual_seed(0)
+    SamModel(cfg).save_pretrained(tmp_path / "sam")
+    processor = SamImageProcessorPil(
+        size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16},
+        mask_pad_size={"height": 16, "width": 16},
+    )  # fmt: skip
+    SamProcessor(image_processor=processor).save_pretrained(tmp_path / "sam")
+    masker = SamMasker.from_pretrained(tmp_path / "sam")
+    image = ref().image.resize((96, 80))
+    mask = masker(image)
+    assert mask.shape == (80, 96) and mask.dtype == bool
+    assert not np.array_equal(mask, masker(image, (5.0, 5.0)))  # the point prompt reaches the decoder
+    with pytest.raises(FileNotFoundError, match="no SAM model"):
+        SamMasker.from_pretrained(tmp_path / "missing")
