@@ -139,23 +139,36 @@ def init_from_var(model: StyleVAR, var_state: Mapping[str, torch.Tensor], *, sou
 
 def stylevar_preset_for_var(var: VARPreset) -> StyleVARPreset:
     """The StyleVAR preset that a VAR of ``var``'s sizes initialises (the same blocks, grids, codebook and
-    VQ-VAE; `build_vae_stylevar` builds StyleVAR-d20 for VAR-d20 so)."""
+    VQ-VAE; `build_vae_stylevar` builds StyleVAR-d20 for VAR-d20 so). Of several that fit, the one named
+    after the VAR (``var-X`` -> ``stylevar-X``)."""
     t = var.transformer
     want = (t.depth, t.width, t.heads, t.patch_nums, t.vocab_size, t.z_channels, t.attn_l2_norm, t.mlp_ratio)
-    for preset in STYLEVAR_PRESETS.values():
-        s = preset.transformer
-        have = (
-            s.depth,
-            s.width,
-            s.heads,
-            s.patch_nums,
-            s.vocab_size,
-            s.z_channels,
-            s.attn_l2_norm,
-            s.mlp_ratio,
+    fits = [
+        preset
+        for preset in STYLEVAR_PRESETS.values()
+        if preset.vae == var.vae
+        and not t.shared_aln
+        and preset.transformer.norm_eps == t.norm_eps
+        and want
+        == (
+            preset.transformer.depth,
+            preset.transformer.width,
+            preset.transformer.heads,
+            preset.transformer.patch_nums,
+            preset.transformer.vocab_size,
+            preset.transformer.z_channels,
+            preset.transformer.attn_l2_norm,
+            preset.transformer.mlp_ratio,
         )
-        if have == want and s.norm_eps == t.norm_eps and not t.shared_aln and preset.vae == var.vae:
-            return preset
+    ]
+    named = [p for p in fits if p.name == f"style{var.name}"]
+    if len(fits) == 1 or named:
+        return (named or fits)[0]
+    if fits:
+        raise WeightsError(
+            f"several StyleVAR presets fit the VAR preset {var.name!r} ({', '.join(p.name for p in fits)}), "
+            f"none of them named style{var.name}"
+        )
     raise WeightsError(
         f"no StyleVAR preset fits the VAR preset {var.name!r} (depth {t.depth}, width {t.width}, patch_nums "
         f"{t.patch_nums}, its VQ-VAE); StyleVAR presets: {', '.join(STYLEVAR_PRESETS)}"
