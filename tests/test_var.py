@@ -142,6 +142,7 @@ def test_preset_families_are_kept_apart() -> None:
         "var-d30",
         "var-d36",
         "var-tiny",
+        "var-demo",
     }
     assert get_preset("var-d36", VARPreset).image_size == 512 and TINY.image_size == 64
 

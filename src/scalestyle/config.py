@@ -408,6 +408,11 @@ _VAE_D56 = BSQVAEConfig(codebook_dim=14, patch_size=8, ch_mult=(1, 2, 4, 4), spa
 _FLAN_T5_XL = TextEncoderConfig(source="google/flan-t5-xl", padding="max_length", dtype="float16")
 _VAR_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 _VAR_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+# The demo VQ-VAE: downsample 4, so 64 px gives a 16x16 latent and VAR's own 256px schedule (10 scales,
+# L = 680, STYLEVAR_ALPHAS apply as they are); V 1024 so that the authors' top-k 900 stays within the
+# codebook. About 1M parameters (4 MiB in fp32); VAR-d4 (VAR's rule: heads = depth, width = 64 depth)
+# is 11 MiB in fp16 and its StyleVAR with ResNet trunks of width 16 15.3 MiB, each file under 16 MiB.
+_DEMO_VQVAE = VQVAEConfig(vocab_size=1024, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)
 
 
 def _var_preset(name: str, depth: int, patch_nums: tuple[int, ...], *, shared_aln: bool) -> VARPreset:
@@ -451,6 +456,21 @@ PRESETS: dict[str, ModelPreset | VARPreset] = {
         "var-tiny",
         VARConfig(depth=2, width=128, heads=2, patch_nums=(1, 2, 3, 4), vocab_size=64, z_channels=8),
         VQVAEConfig(vocab_size=64, z_channels=8, ch=32, num_scales=4),
+    ),
+    # The demo VAR (issue 15, `scalestyle.train.demo_stylevar`), the base of the demo StyleVAR: 64x64
+    # images of the procedural world, one class per content.
+    "var-demo": VARPreset(
+        "var-demo",
+        VARConfig(
+            depth=4,
+            width=256,
+            heads=4,
+            patch_nums=_VAR_256,
+            vocab_size=_DEMO_VQVAE.vocab_size,
+            z_channels=_DEMO_VQVAE.z_channels,
+            num_classes=16,  # len(procedural.CONTENTS), checked by the tests
+        ),
+        _DEMO_VQVAE,
     ),
 }
 
@@ -504,6 +524,21 @@ STYLEVAR_PRESETS: dict[str, StyleVARPreset] = {
         "stylevar-d20",
         StyleVARConfig(depth=20, width=1280, heads=20, patch_nums=_VAR_256, alphas=STYLEVAR_ALPHAS),
         VQVAEConfig(),
+    ),
+    # The demo StyleVAR (issue 15): var-demo's transformer and VQ-VAE, ResNet trunks of width 16.
+    "stylevar-demo": StyleVARPreset(
+        "stylevar-demo",
+        StyleVARConfig(
+            depth=4,
+            width=256,
+            heads=4,
+            patch_nums=_VAR_256,
+            alphas=STYLEVAR_ALPHAS,
+            vocab_size=_DEMO_VQVAE.vocab_size,
+            z_channels=_DEMO_VQVAE.z_channels,
+            resnet_width=16,
+        ),
+        _DEMO_VQVAE,
     ),
     # Tiny StyleVAR for tests: var-tiny's sizes, ResNet trunks of width 8 (a 64-d global vector).
     "stylevar-tiny": StyleVARPreset(

@@ -1,0 +1,143 @@
+"""The demo StyleVAR's recipe (issue 15): a VQ-VAE and a class-conditional VAR on the procedural world, the
+base that StyleVAR's supervised fine-tuning (and later GRPO) starts from.
+
+Stages, each resumable from its checkpoint in the work folder and skipped once finished:
+
+1. ``vqvae``: :func:`scalestyle.train.vqvae.train_vqvae` on training-style renders.
+2. ``var``: :func:`scalestyle.train.var.train_var` with the frozen VQ-VAE, then the VAR model folder
+   ``<work>/var_model`` (:func:`scalestyle.train.var.save_var_folder`, loadable by ``Pipeline.load``).
+3. ``stylevar-sft`` (not wired yet): ``train_stylevar_sft`` of :mod:`scalestyle.train.stylevar`,
+   initialised from the VAR (:func:`scalestyle.stylevar_weights.init_from_var`) on the world's triplets;
+   it is being written beside this recipe, and until it lands :func:`train_demo_stylevar` runs the first
+   two stages only.
+
+The VAR's class is the image's content, not the (content, style) pair. StyleVAR keeps everything of the
+VAR but its class embedding (the authors' vanilla transfer drops ``class_emb``) and is told the style by
+its style image, so the base should model every training style under one label: then it learns the
+styles as the variation of each class instead of binding them to labels that held-out styles could never
+have, and 16 classes (against 16 x 21 pairs) give each label many images. The content labels also let the
+world's content classifier check the VAR's samples.
+
+Held-out styles (:data:`scalestyle.data.procedural.HELD_OUT_STYLES`) enter no stage: the VQ-VAE and the
+VAR see the train split's styles and seeds only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from scalestyle.config import StyleVARPreset, VARPreset, get_preset, get_stylevar_preset
+from scalestyle.data import procedural as world
+from scalestyle.models.var import VAR
+from scalestyle.models.vqvae import VQVAE
+from scalestyle.schedules import var_schedule
+from scalestyle.train.var import VARTrainConfig, save_var_folder, train_var
+from scalestyle.train.vqvae import VQVAETrainConfig, train_vqvae
+
+STAGES = ("vqvae", "var")
+"""The stages :func:`train_demo_stylevar` runs, in order (``stylevar-sft`` joins when its trainer lands)."""
+VAR_MODEL_DIR = "var_model"
+# The VAR draws other images than the VQ-VAE: its stream starts this many steps further into the seeds.
+VAR_STREAM_OFFSET = 10_000_000
+
+
+@dataclass(frozen=True)
+class DemoStyleVARTrainConfig:
+    # One step costs about 4 CPU-seconds for the VQ-VAE at batch 16 and 13 for the VAR (680 tokens a row)
+    # on one core of the 2-core sandbox (tools/train_demo_stylevar.py --status gives a run's wall rates).
+    # Dead-code restarts keep the codebook in use (scalestyle.train.vqvae). The VAR weighs every scale
+    # alike, as the shipped Infinity demo converged to: the coarse scales, a few percent of the tokens,
+    # decide the object, which is all the class says.
+    vqvae: VQVAETrainConfig = field(
+        default_factory=lambda: VQVAETrainConfig(steps=1000, batch_size=16, restart_every=20)
+    )
+    var: VARTrainConfig = field(
+        default_factory=lambda: VARTrainConfig(steps=3000, batch_size=16, scale_weighting="scale")
+    )
+    var_preset: str = "var-demo"
+    stylevar_preset: str = "stylevar-demo"
+
+    def __post_init__(self) -> None:
+        var, stylevar = get_preset(self.var_preset, VARPreset), get_stylevar_preset(self.stylevar_preset)
+        if var.vae != stylevar.vae or var.transformer.patch_nums != stylevar.transformer.patch_nums:
+            raise ValueError(
+                f"StyleVAR preset {self.stylevar_preset!r} must share the VQ-VAE and patch_nums of the VAR "
+                f"preset {self.var_preset!r} it starts from"
+            )
+        if var.transformer.num_classes != len(world.CONTENTS):
+            raise ValueError(
+                f"VAR preset {self.var_preset!r} has {var.transformer.num_classes} classes, the world "
+                f"{len(world.CONTENTS)} contents"
+            )
+
+    @property
+    def var_model(self) -> VARPreset:
+        return get_preset(self.var_preset, VARPreset)
+
+    @property
+    def stylevar_model(self) -> StyleVARPreset:
+        return get_stylevar_preset(self.stylevar_preset)
+
+    @classmethod
+    def quick(cls) -> DemoStyleVARTrainConfig:
+        """A few steps of every stage on the tiny presets, for tests and smoke runs."""
+        return cls(
+            VQVAETrainConfig(steps=2, batch_size=2, log_every=1, ckpt_every=1),
+            VARTrainConfig(steps=2, batch_size=2, log_every=1, ckpt_every=1),
+            var_preset="var-demo",
+            stylevar_preset="stylevar-demo",
+        )
+
+
+def world_images(
+    step: int, batch_size: int, g: torch.Generator, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(renders (B, 3, 64, 64) in [-1, 1], content indices (B,)) of training styles, content and style drawn
+    from ``g``, each row its own train seed (row i of step s: seed index ``(offset + s) * B + i``)."""
+    seeds = world.SPLIT_SEEDS["train"]
+    c_idx = torch.randint(len(world.CONTENTS), (batch_size,), generator=g)
+    s_idx = torch.randint(len(world.TRAIN_STYLES), (batch_size,), generator=g).tolist()
+    base = (offset + step) * batch_size
+    imgs = [
+        world.to_tensor(world.render(world.CONTENTS[c], world.TRAIN_STYLES[s], seeds[base + i]).image)
+        for i, (c, s) in enumerate(zip(c_idx.tolist(), s_idx, strict=True))
+    ]
+    return torch.stack(imgs), c_idx
+
+
+def vqvae_images(step: int, batch_size: int, g: torch.Generator) -> torch.Tensor:
+    return world_images(step, batch_size, g)[0]
+
+
+def var_images(step: int, batch_size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return world_images(step, batch_size, g, VAR_STREAM_OFFSET)
+
+
+def train_demo_stylevar(
+    work_dir: Path, cfg: DemoStyleVARTrainConfig, *, progress: bool = True
+) -> tuple[VQVAE, VAR, Path]:
+    """Run the stages into ``work_dir`` (checkpoints, logs, ``var_model/``); returns the VQ-VAE, the VAR and
+    the VAR model folder."""
+    preset = cfg.var_model
+    schedule = var_schedule(preset.transformer.patch_nums)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    vqvae = train_vqvae(preset.vae, cfg.vqvae, vqvae_images, schedule.grids, work_dir, progress=progress)
+    t_vqvae = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    var = train_var(preset.transformer, cfg.var, vqvae, var_images, work_dir, progress=progress)
+    info = {
+        "trained_by": "tools/train_demo_stylevar.py",
+        "config": asdict(cfg),
+        "seconds_this_run": {"vqvae": round(t_vqvae, 1), "var": round(time.perf_counter() - t0, 1)},
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "classes": list(world.CONTENTS),
+        "held_out_styles": list(world.HELD_OUT_STYLES),
+    }
+    folder = save_var_folder(work_dir / VAR_MODEL_DIR, preset, var, vqvae, extra=info)
+    return vqvae, var, folder
