@@ -234,3 +234,30 @@ def bench_stylize(
         "dtype": "bf16 blocks + autocast" if device.type == "cuda" else "fp32",
         "machine": machine_info(device),
     }
+
+
+def bench_transfer(
+    pipe: Callable[..., Any],
+    *,
+    model_name: str,
+    device: torch.device,
+    size: int,
+    runs: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """Median seconds per image of a transfer pipeline (:class:`scalestyle.transfer.TransferPipeline`,
+    :class:`scalestyle.adain_transfer.AdaINPipeline`: anything called as ``pipe(content, style)``) on a
+    synthetic content and style image of ``size`` x ``size``, at the pipeline's own settings."""
+    content = _reference_image((size, size))
+    style = content.transpose(Image.Transpose.ROTATE_90)
+    times = time_runs(lambda: pipe(content, style), device, runs=runs, warmup=warmup)
+    return {
+        "mode": "transfer",
+        "model": model_name,
+        "size_hw": [size, size],
+        "runs": runs,
+        "warmup": warmup,
+        "seconds_per_image": statistics.median(times),
+        "seconds_all_runs": times,
+        "machine": machine_info(device),
+    }

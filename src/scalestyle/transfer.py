@@ -38,7 +38,7 @@ ImageInput = Image.Image | str | os.PathLike[str]
 @dataclass(frozen=True)
 class TransferOutput:
     images: list[Image.Image]
-    summed_codes_BdHW: torch.Tensor
+    summed_codes_BdHW: torch.Tensor | None  # None from AdaIN, which has no codes
     metadata: list[dict[str, Any]]
 
 

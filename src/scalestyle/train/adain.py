@@ -5,7 +5,8 @@ VGG-19 sized and a download), and the shipped world classifiers (:mod:`scalestyl
 another layout (GroupNorm, SiLU) and were trained on the held-out styles. So the narrow
 :class:`~scalestyle.models.adain.VGGEncoder` is pretrained briefly as a classifier of the world's labels: a
 content head on relu4_1 (mean and max pooled) and a style head on the mean and std of relu1_1 .. relu4_1,
-the statistics AdaIN's style loss compares, so every stage learns to carry style.
+the statistics AdaIN's style loss compares, so every stage learns to carry style. Its stages are then
+brought to one scale (:func:`equalise_stages`, an exact rescaling) so that no stage dominates the losses.
 
 Stage 2, the decoder, with the encoder frozen, as naoto0804/pytorch-AdaIN `train.py` and
 `net.py::Net.forward` do: ``t = adain(f(c), f(s))``, content loss ``MSE(f(g(t)), t)`` at relu4_1, style
@@ -48,7 +49,7 @@ LabelledBatchFn = Callable[[int, int, torch.Generator], tuple[torch.Tensor, torc
 PairBatchFn = Callable[[int, int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 """(step, batch_size, generator) -> (content images, style images), each (B, 3, P, P) in [0, 1]."""
 
-ENCODER_STREAM, DECODER_STREAM = 11, 12
+ENCODER_STREAM, DECODER_STREAM, CALIBRATION_STREAM = 11, 12, 13
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,37 @@ def _pretrain_encoder(
             save_checkpoint(ckpt, model=classifier, optimizer=optimizer, step=done, config=cfg)
 
 
+# per stage of VGGEncoder (relu1_1 .. relu4_1): its last conv, and the conv that reads its output first
+STAGE_LAST_CONV, STAGE_NEXT_CONV = (2, 9, 16, 29), (5, 12, 19, None)
+
+
+@torch.no_grad()
+def equalise_stages(model: AdaIN, img_B3PP: torch.Tensor) -> list[float]:
+    """Scale each stage's output to a mean square of 1 on ``img_B3PP`` without changing what the
+    network computes otherwise; returns the factors.
+
+    A short classifier pretraining leaves the stages at very different scales (on the demo relu3_1 about
+    800 times relu4_1 in mean square), so AdaIN's style loss would be all relu3_1 and its content loss
+    would vanish. ReLU, max pooling and padding commute with a positive factor, so multiplying a stage's
+    last conv (weight and bias) by k and dividing the next stage's first conv weight by k scales that
+    stage's output by k and leaves every later pre-activation as it was.
+    """
+    encoder, factors = model.encoder, []
+    feats = encoder.features(img_B3PP)
+    for feat, last, nxt in zip(feats, STAGE_LAST_CONV, STAGE_NEXT_CONV, strict=True):
+        k = float(feat.pow(2).mean().clamp_min(1e-12).rsqrt())
+        conv = encoder[last]
+        assert isinstance(conv, nn.Conv2d) and conv.bias is not None
+        conv.weight.mul_(k)
+        conv.bias.mul_(k)
+        if nxt is not None:
+            following = encoder[nxt]
+            assert isinstance(following, nn.Conv2d)
+            following.weight.div_(k)
+        factors.append(k)
+    return factors
+
+
 def _train_decoder(
     model: AdaIN, cfg: AdaINTrainConfig, batches: PairBatchFn, work_dir: Path, progress: bool
 ) -> None:
@@ -253,9 +285,10 @@ def train_adain(
     with torch.random.fork_rng(devices=[]):  # torch's default init draws from the global RNG first
         model = AdaIN(AdaINConfig(widths=cfg.widths))
     model.init_weights(torch.Generator().manual_seed(cfg.seed))
-    _pretrain_encoder(
-        model, cfg, encoder_batches or partial(world_labelled_batch, size=cfg.size), work_dir, progress
-    )
+    encoder_batches = encoder_batches or partial(world_labelled_batch, size=cfg.size)
+    _pretrain_encoder(model, cfg, encoder_batches, work_dir, progress)
+    g = step_generator(cfg.seed, 0, CALIBRATION_STREAM)
+    equalise_stages(model, encoder_batches(0, cfg.encoder_batch_size, g)[0])
     _train_decoder(model, cfg, pair_batches or partial(world_pair_batch, size=cfg.size), work_dir, progress)
     model.eval()
     if out_dir is not None:
