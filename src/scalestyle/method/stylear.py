@@ -98,9 +98,13 @@ class StyleARPipeline:
 
     @classmethod
     def load(
-        cls, pipe: Pipeline, adapter_dir: str | Path, *, encoder_source: str | Path | None = None
+        cls, pipe: Pipeline, adapter: str | Path | StyleARAdapter, *, encoder_source: str | Path | None = None
     ) -> StyleARPipeline:
-        adapter = StyleARAdapter.load(adapter_dir).to(pipe.device)
+        """``adapter``: a folder or a loaded adapter (moved to the pipeline's device); its encoder is made
+        by :func:`make_encoder`."""
+        if not isinstance(adapter, StyleARAdapter):
+            adapter = StyleARAdapter.load(adapter)
+        adapter = adapter.to(pipe.device)
         if not isinstance(pipe.transformer, Infinity):
             raise ValueError(f"StyleAR runs on Infinity models; {pipe.model_name} is not one")
         adapter.check_fits(pipe.transformer)
