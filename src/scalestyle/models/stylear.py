@@ -249,7 +249,7 @@ class CLIPImageEncoder(nn.Module):
 
     def __init__(self, model: CLIPVisionModelWithProjection, processor: CLIPImageProcessor) -> None:
         super().__init__()
-        self.model, self.processor = model.eval().requires_grad_(False), processor
+        self.model, self.processor = model, processor
         self.width = int(model.config.hidden_size)
         self.fill = tuple(round(255 * m) for m in processor.image_mean)
 
@@ -267,7 +267,7 @@ class CLIPImageEncoder(nn.Module):
                 f"no CLIP vision model at {source}: download it (e.g. `huggingface-cli download "
                 f"{CLIP_VIT_H}`) or pass a local folder ({str(err).splitlines()[0]})"
             ) from None
-        return cls(model, processor).to(device or torch.device("cpu"))
+        return cls(model.eval().requires_grad_(False), processor).to(device or torch.device("cpu"))
 
     @property
     def device(self) -> torch.device:
@@ -329,7 +329,7 @@ class SamMasker:
     one point (default: the image centre); the mask of the highest predicted IoU is kept."""
 
     def __init__(self, model: SamModel, processor: SamProcessor) -> None:
-        self.model, self.processor = model.eval().requires_grad_(False), processor
+        self.model, self.processor = model, processor
 
     @classmethod
     def from_pretrained(cls, source: str | Path, *, device: torch.device | None = None) -> SamMasker:
@@ -343,9 +343,8 @@ class SamMasker:
                 f"no SAM model at {source}: download one (e.g. facebook/sam-vit-base) or pass a folder "
                 f"({str(err).splitlines()[0]})"
             ) from None
-        masker = cls(model, processor)
-        masker.model.to(device or torch.device("cpu"))
-        return masker
+        cast(nn.Module, model).eval().requires_grad_(False).to(device or torch.device("cpu"))
+        return cls(model, processor)
 
     @torch.no_grad()
     def __call__(self, image: Image.Image, point_xy: tuple[float, float] | None = None) -> np.ndarray:
