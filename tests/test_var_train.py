@@ -278,16 +278,24 @@ def test_driver_status_reads_steps_usage_and_the_latest_runs_rate(tmp_path: Path
     text = tool.status(tmp_path)
     assert "vqvae: step 75, 2.0 s/step lately" in text and "'usage': 0.9" in text
     assert "var: not started" in text and "var model folder: not yet" in text
+    assert "stylevar-sft: not started" in text
 
 
 @pytest.mark.slow
-def test_recipe_runs_both_stages_and_writes_a_loadable_var_folder(tmp_path: Path) -> None:
+def test_recipe_runs_every_stage_and_writes_loadable_folders(tmp_path: Path) -> None:
     from scalestyle.train.demo_stylevar import train_demo_stylevar
+    from scalestyle.transfer import TransferPipeline
 
-    *_, folder = train_demo_stylevar(tmp_path, DemoStyleVARTrainConfig.quick(), progress=False)
-    assert (tmp_path / "vqvae.ckpt").is_file() and (tmp_path / "var.ckpt").is_file()
-    pipe = Pipeline.load(folder, device="cpu")
+    var_folder, stylevar_folder = train_demo_stylevar(
+        tmp_path, DemoStyleVARTrainConfig.quick(), progress=False
+    )
+    for name in ("vqvae.ckpt", "var.ckpt", "stylevar_sft.ckpt"):
+        assert (tmp_path / name).is_file(), name
+    pipe = Pipeline.load(var_folder, device="cpu")
     assert pipe.preset.name == "var-demo"
-    assert (folder / "var.safetensors").stat().st_size < 16 * MiB
+    assert (var_folder / "var.safetensors").stat().st_size < 16 * MiB
     image = pipe(class_label=[0], sampling=SamplingConfig(cfg=1.5, top_k=900, top_p=0.96)).images[0]
     assert image.size == (64, 64)
+    transfer = TransferPipeline.load(stylevar_folder, device="cpu")
+    assert transfer.pipe.preset.name == "stylevar-demo"
+    assert all(f.stat().st_size < 16 * MiB for f in stylevar_folder.iterdir())

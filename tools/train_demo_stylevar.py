@@ -4,11 +4,12 @@
     python tools/train_demo_stylevar.py --status --work-dir /work/runs/demo_stylevar/work
     python tools/train_demo_stylevar.py --sheet /work/runs/demo_stylevar/recon.png --work-dir ...
 
-The first runs the stages of `scalestyle.train.demo_stylevar` (VQ-VAE, then the class-conditional VAR, then
-the VAR model folder ``<work>/var_model``); the StyleVAR SFT stage joins once its trainer lands, so for now
-the run stops after the VAR. Every stage keeps its checkpoint in the work folder (keep it outside git):
-the same command run again after a kill continues from the last checkpoint and skips finished stages. On
-a shared CPU start it as ``nohup nice -n 19 env OMP_NUM_THREADS=1 python ...``.
+The first runs the stages of `scalestyle.train.demo_stylevar`: the VQ-VAE, the class-conditional VAR
+(then the VAR model folder ``<work>/var_model``), StyleVAR's SFT from it on the world's triplets (then
+the StyleVAR folder ``<work>/stylevar_model``); GRPO is to follow. Every stage keeps its checkpoint in
+the work folder (keep it outside git): the same command run again after a kill continues from the last
+checkpoint and skips finished stages. On a shared CPU start it as
+``nohup nice -n 19 env OMP_NUM_THREADS=1 python ...``.
 
 ``--status`` reads the logs only (no torch import): steps done per stage, the last losses, the VQ-VAE's
 codebook usage and the wall seconds per step of the latest stretch of the log. ``--sheet`` writes a PNG
@@ -23,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-STAGES = (("vqvae", "vqvae_log.jsonl"), ("var", "var_log.jsonl"))
+STAGES = (("vqvae", "vqvae_log.jsonl"), ("var", "var_log.jsonl"), ("stylevar-sft", "stylevar_sft_log.jsonl"))
 
 
 def status(work_dir: Path) -> str:
@@ -49,6 +50,8 @@ def status(work_dir: Path) -> str:
         lines.append(f"{stage}: step {last['step']}{rate}; last {shown}")
     done = (work_dir / "var_model" / "scalestyle_model.json").is_file()
     lines.append(f"var model folder: {'written' if done else 'not yet'}")
+    done = (work_dir / "stylevar_model" / "config.json").is_file()
+    lines.append(f"stylevar model folder: {'written' if done else 'not yet'}")
     return "\n".join(lines)
 
 
@@ -106,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from scalestyle.train.demo_stylevar import DemoStyleVARTrainConfig, train_demo_stylevar
 
-    *_, folder = train_demo_stylevar(args.work_dir, DemoStyleVARTrainConfig(), progress=False)
-    print(f"wrote the VAR model folder {folder}; the StyleVAR SFT stage is not wired yet", file=sys.stderr)
+    var_folder, stylevar_folder = train_demo_stylevar(
+        args.work_dir, DemoStyleVARTrainConfig(), progress=False
+    )
+    print(f"wrote the VAR folder {var_folder} and the StyleVAR folder {stylevar_folder}", file=sys.stderr)
     return 0
 
 

@@ -6,10 +6,10 @@ Stages, each resumable from its checkpoint in the work folder and skipped once f
 1. ``vqvae``: :func:`scalestyle.train.vqvae.train_vqvae` on training-style renders.
 2. ``var``: :func:`scalestyle.train.var.train_var` with the frozen VQ-VAE, then the VAR model folder
    ``<work>/var_model`` (:func:`scalestyle.train.var.save_var_folder`, loadable by ``Pipeline.load``).
-3. ``stylevar-sft`` (not wired yet): ``train_stylevar_sft`` of :mod:`scalestyle.train.stylevar`,
-   initialised from the VAR (:func:`scalestyle.stylevar_weights.init_from_var`) on the world's triplets;
-   it is being written beside this recipe, and until it lands :func:`train_demo_stylevar` runs the first
-   two stages only.
+3. ``stylevar-sft``: :func:`scalestyle.train.stylevar.train_stylevar_sft` initialised from that folder
+   (:func:`scalestyle.stylevar_weights.init_from_var`) on the world's training triplets
+   (:class:`scalestyle.data.triplets.WorldTriplets`), writing the StyleVAR folder ``<work>/stylevar_model``
+   (:meth:`scalestyle.transfer.TransferPipeline.load` opens it). GRPO is to follow.
 
 The VAR's class is the image's content, not the (content, style) pair. StyleVAR keeps everything of the
 VAR but its class embedding (the authors' vanilla transfer drops ``class_emb``) and is told the style by
@@ -32,15 +32,16 @@ import torch
 
 from scalestyle.config import StyleVARPreset, VARPreset, get_preset, get_stylevar_preset
 from scalestyle.data import procedural as world
-from scalestyle.models.var import VAR
-from scalestyle.models.vqvae import VQVAE
+from scalestyle.data.triplets import WorldTriplets
 from scalestyle.schedules import var_schedule
+from scalestyle.train.stylevar import StyleVARTrainConfig, train_stylevar_sft
 from scalestyle.train.var import VARTrainConfig, save_var_folder, train_var
 from scalestyle.train.vqvae import VQVAETrainConfig, train_vqvae
 
-STAGES = ("vqvae", "var")
-"""The stages :func:`train_demo_stylevar` runs, in order (``stylevar-sft`` joins when its trainer lands)."""
+STAGES = ("vqvae", "var", "stylevar-sft")
+"""The stages :func:`train_demo_stylevar` runs, in order."""
 VAR_MODEL_DIR = "var_model"
+STYLEVAR_MODEL_DIR = "stylevar_model"
 # The VAR draws other images than the VQ-VAE: its stream starts this many steps further into the seeds.
 VAR_STREAM_OFFSET = 10_000_000
 
@@ -58,6 +59,11 @@ class DemoStyleVARTrainConfig:
     var: VARTrainConfig = field(
         default_factory=lambda: VARTrainConfig(steps=3000, batch_size=16, scale_weighting="scale")
     )
+    # the authors' SFT settings but the length and batch, sized for a CPU (a row is three images)
+    sft: StyleVARTrainConfig = field(
+        default_factory=lambda: StyleVARTrainConfig(steps=2000, batch_size=8, ckpt_every=25)
+    )
+    triplets: int = 100_000
     var_preset: str = "var-demo"
     stylevar_preset: str = "stylevar-demo"
 
@@ -68,6 +74,8 @@ class DemoStyleVARTrainConfig:
                 f"StyleVAR preset {self.stylevar_preset!r} must share the VQ-VAE and patch_nums of the VAR "
                 f"preset {self.var_preset!r} it starts from"
             )
+        if self.triplets < 1:
+            raise ValueError(f"triplets must be >= 1, got {self.triplets}")
         if var.transformer.num_classes != len(world.CONTENTS):
             raise ValueError(
                 f"VAR preset {self.var_preset!r} has {var.transformer.num_classes} classes, the world "
@@ -88,8 +96,8 @@ class DemoStyleVARTrainConfig:
         return cls(
             VQVAETrainConfig(steps=2, batch_size=2, log_every=1, ckpt_every=1),
             VARTrainConfig(steps=2, batch_size=2, log_every=1, ckpt_every=1),
-            var_preset="var-demo",
-            stylevar_preset="stylevar-demo",
+            StyleVARTrainConfig(steps=2, batch_size=2, log_every=1, ckpt_every=1),
+            triplets=4,
         )
 
 
@@ -119,9 +127,9 @@ def var_images(step: int, batch_size: int, g: torch.Generator) -> tuple[torch.Te
 
 def train_demo_stylevar(
     work_dir: Path, cfg: DemoStyleVARTrainConfig, *, progress: bool = True
-) -> tuple[VQVAE, VAR, Path]:
-    """Run the stages into ``work_dir`` (checkpoints, logs, ``var_model/``); returns the VQ-VAE, the VAR and
-    the VAR model folder."""
+) -> tuple[Path, Path]:
+    """Run the stages into ``work_dir`` (checkpoints, logs, ``var_model/``, ``stylevar_model/``); returns the
+    VAR and the StyleVAR model folders."""
     preset = cfg.var_model
     schedule = var_schedule(preset.transformer.patch_nums)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -139,5 +147,9 @@ def train_demo_stylevar(
         "classes": list(world.CONTENTS),
         "held_out_styles": list(world.HELD_OUT_STYLES),
     }
-    folder = save_var_folder(work_dir / VAR_MODEL_DIR, preset, var, vqvae, extra=info)
-    return vqvae, var, folder
+    var_folder = save_var_folder(work_dir / VAR_MODEL_DIR, preset, var, vqvae, extra=info)
+    data = WorldTriplets(preset.image_size, cfg.triplets)
+    stylevar_folder = train_stylevar_sft(
+        work_dir / STYLEVAR_MODEL_DIR, work_dir, cfg.sft, data, init=str(var_folder), progress=progress
+    )
+    return var_folder, stylevar_folder
