@@ -1,9 +1,9 @@
 """The methods an evaluation compares, in one place: name -> :class:`Method`.
 
 Every method is called as ``method(pipe, request)`` with a :class:`Request` (prompts, reference image,
-seed, sampling) and returns one PIL image; the request's ``prompt`` is the protocol's full generation
-prompt ("a star in crayon style"; FineStyle's "A cat, animals, in watercolor painting style"), None
-meaning ``"<content_prompt> in <style_prompt>"``.
+seed, sampling, an optional per-scale callback) and returns one PIL image; the request's ``prompt`` is the
+protocol's full generation prompt ("a star in crayon style"; FineStyle's "A cat, animals, in watercolor
+painting style"), None meaning ``"<content_prompt> in <style_prompt>"``.
 
 - ``plain``: the content prompt alone (what the model draws with no style asked for).
 - ``prompt-only``: the generation prompt, the style given in words only, no reference image.
@@ -31,7 +31,7 @@ from scalestyle.config import SamplingConfig
 from scalestyle.method.rules import AdaIN, From, Rule, RuleController
 from scalestyle.method.style import StyleConfig, StylePipeline
 from scalestyle.pipeline import Pipeline
-from scalestyle.sampling import PathPlan
+from scalestyle.sampling import PathPlan, ScaleEvent
 from scalestyle.schedules import Schedule
 
 
@@ -45,6 +45,7 @@ class Request:
     seed: int
     sampling: SamplingConfig
     prompt: str | None = None
+    on_scale: Callable[[ScaleEvent], None] | None = None
 
     @property
     def generation_prompt(self) -> str:
@@ -85,7 +86,7 @@ def text_only(with_style: bool) -> MethodFn:
 
     def run(pipe: Pipeline, request: Request) -> Image.Image:
         text = request.generation_prompt if with_style else request.content_prompt
-        return pipe(text, sampling=request.seeded_sampling).images[0]
+        return pipe(text, sampling=request.seeded_sampling, on_scale=request.on_scale).images[0]
 
     return run
 
@@ -101,6 +102,7 @@ def ours(style: StyleConfig) -> MethodFn:
             gen_prompt=request.prompt,
             style=style,
             sampling=request.seeded_sampling,
+            on_scale=request.on_scale,
         )
         return out.images[0]
 
@@ -162,7 +164,8 @@ def stylealigned(config: StyleAlignedConfig | None = None) -> MethodFn:
         text = pipe.encode_text([request.style_prompt, request.generation_prompt])
         plans = [PathPlan("sty", text.rows([0]), given_tokens=ref_bits), PathPlan("gen", text.rows([1]))]
         controller = RuleController(cfg.rules(schedule))
-        return pipe.decode(pipe.run_paths(plans, sampling, schedule, controller)["gen"])[0]
+        summed = pipe.run_paths(plans, sampling, schedule, controller, request.on_scale)["gen"]
+        return pipe.decode(summed)[0]
 
     return run
 
