@@ -285,8 +285,10 @@ class GuidedAttention(nn.Module):
         # as VAR's: cosine attention at softmax scale 1, or plain attention at 0.25 / sqrt(c)
         self.kernel: AttendFn = sdpa if self.l2_norm else scaled_sdpa(0.25 / math.sqrt(cfg.head_dim))
 
-    def _heads(self, x_BLC: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> list[torch.Tensor]:
-        qkv = F.linear(x_BLC, weight, bias)
+    def _heads(self, x_BLC: torch.Tensor, linear: nn.Module, bias: torch.Tensor) -> list[torch.Tensor]:
+        # an adapter wrapping the projection (peft's LoRA in GRPO) runs its own forward, which reads the
+        # adapter's weights as well; its bias then comes after the matmul instead of fused into it
+        qkv = F.linear(x_BLC, linear.weight, bias) if isinstance(linear, nn.Linear) else linear(x_BLC) + bias
         return list(rearrange(qkv, "b l (three h c) -> three b h l c", three=3, h=self.heads).unbind(0))
 
     def forward(
@@ -305,7 +307,7 @@ class GuidedAttention(nn.Module):
         guide_bias = torch.cat((self.q_bias_guide, self.zero_k_bias_guide, self.v_bias_guide))
         _, k, v = self._heads(
             target_BLC,
-            self.mat_qkv_target.weight,
+            self.mat_qkv_target,
             torch.cat((self.q_bias_target, self.zero_k_bias_target, self.v_bias_target)),
         )
         scale_mul = self.scale_mul_1H11.clamp(max=MAX_LOG_SCALE).exp() if self.l2_norm else None
@@ -318,7 +320,7 @@ class GuidedAttention(nn.Module):
         )
         k_all, v_all = k, v
         for guide_BLC, kind in calls:
-            q = self._heads(guide_BLC, self.mat_qkv_guide.weight, guide_bias)[0]
+            q = self._heads(guide_BLC, self.mat_qkv_guide, guide_bias)[0]
             if scale_mul is not None:
                 q = F.normalize(q, dim=-1).mul(scale_mul)
             if cache is not None and (kind == "style_guide" or self.double_append):
