@@ -1183,6 +1183,82 @@ def _transfer_parser(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_transfer)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from scalestyle.locate import model_folder
+
+    if args.max_upload_mb <= 0:
+        raise CliError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    for flag, value in (("--model", args.model), ("--transfer-model", args.transfer_model)):
+        if (
+            value is not None
+            and not model_folder(value).is_dir()
+            and not (flag == "--transfer-model" and args.transfer_random_weights)
+        ):
+            raise CliError(f"{flag} {value!r}: no model folder at {model_folder(value)}")
+    args.device = _device(args.device)
+    try:
+        from scalestyle.ui.app import UIConfig, serve
+    except ImportError as err:
+        raise CliError(f"the web UI needs gradio ({err}): pip install 'scalestyle[ui]'") from None
+    config = UIConfig(
+        model=args.model,
+        device=args.device,
+        transfer_model=args.transfer_model,
+        transfer_random_weights=args.transfer_random_weights,
+        host=args.host,
+        port=args.port,
+        concurrency=args.concurrency,
+        queue_size=args.queue_size,
+        max_upload_bytes=round(args.max_upload_mb * 1e6),
+        timeout_s=args.timeout_s,
+        outputs=Path(args.outputs),
+        studies=Path(args.studies),
+        admin_token=args.admin_token or os.environ.get("SCALESTYLE_ADMIN_TOKEN") or None,
+    )
+    if not args.quiet:
+        sys.stderr.write(f"serving on http://{config.host}:{config.port} (model {config.model or 'demo'})\n")
+    serve(config)
+    return 0
+
+
+def _serve_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="the web UI: generate, stylize, transfer, gallery and user studies",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    p.add_argument("--port", type=_at_least(1), default=7860, help="port to listen on")
+    p.add_argument(
+        "--transfer-model", default=None, help="StyleVAR folder: shows the Transfer tab; default: none"
+    )
+    p.add_argument(
+        "--transfer-random-weights",
+        action="store_true",
+        help="--transfer-model names a StyleVAR preset built with random weights (tests)",
+    )
+    p.add_argument("--concurrency", type=_at_least(1), default=1, help="model jobs the queue runs at once")
+    p.add_argument(
+        "--queue-size", type=_at_least(1), default=16, help="jobs waiting before new ones are refused"
+    )
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB")
+    p.add_argument("--timeout-s", type=float, default=300.0, help="a job is stopped after this many seconds")
+    p.add_argument(
+        "--outputs", default="scalestyle-ui/outputs", help="folder of written images (the gallery)"
+    )
+    p.add_argument("--studies", default="scalestyle-ui/studies", help="folder of study files (NAME.sqlite)")
+    p.add_argument(
+        "--admin-token",
+        default=None,
+        help="token of the study admin (or $SCALESTYLE_ADMIN_TOKEN); default: no study admin",
+    )
+    _quiet(p)
+    _model_args(p, random_weights=False)
+    p.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="scalestyle", description=__doc__.splitlines()[0] if __doc__ else "")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1195,6 +1271,7 @@ def build_parser() -> argparse.ArgumentParser:
         _evaluate_parser,
         _download_parser,
         _transfer_parser,
+        _serve_parser,
     ):
         add(sub)
     return parser
