@@ -330,3 +330,60 @@ def test_init_and_size_refusals(tmp_path: Path) -> None:
         train_stylevar_sft(
             tmp_path / "o", tmp_path / "w", StyleVARTrainConfig.quick(), data, init="stylevar-tiny"
         )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+
+
+@pytest.mark.slow
+def test_cli_train_stylevar_sft_world_quick_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scalestyle.cli import main
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert (
+        main(["train", "stylevar-sft", "--world", "--quick", "--out", str(out), "--work-dir", str(work)]) == 0
+    )
+    assert "wrote the StyleVAR folder" in capsys.readouterr().err
+    files = resolve_stylevar_files(out)
+    assert files.preset == PRESET and files.history[-1]["config"]["steps"] == 2
+    assert len((work / "stylevar_sft_log.jsonl").read_text().splitlines()) == 2
+    content, style = (world.triplet(0, "eval", 64).content.image, world.triplet(1, "eval", 64).style.image)
+    content.save(tmp_path / "c.png")
+    style.save(tmp_path / "s.png")
+    argv = [
+        "transfer",
+        "--model",
+        str(out),
+        "--content",
+        str(tmp_path / "c.png"),
+        "--style",
+        str(tmp_path / "s.png"),
+    ]
+    assert main([*argv, "--top-k", "30", "--out", str(tmp_path / "o.png"), "--quiet"]) == 0
+    assert Image.open(tmp_path / "o.png").size == (PRESET.image_size, PRESET.image_size)
+
+
+def test_cli_train_stylevar_sft_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scalestyle.cli import main
+
+    base = ["train", "stylevar-sft", "--out", str(tmp_path / "o"), "--work-dir", str(tmp_path / "w")]
+    cases = [
+        ([*base, "--world"], "give --init"),
+        ([*base, "--world", "--data", str(tmp_path)], "not allowed with argument"),
+        (
+            [*base, "--data", str(tmp_path), "--quick"],
+            "no triplets found; expected the OmniStyle-150K layout",
+        ),
+        ([*base, "--world", "--init", str(tmp_path)], "neither a StyleVAR preset"),
+        ([*base, "--world", "--quick", "--lr", "2"], "lr must be in (0, 1), got 2.0"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()

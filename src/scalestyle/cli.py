@@ -421,6 +421,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_stylevar_sft(args: argparse.Namespace) -> int:
+    from scalestyle.data.triplets import TripletData, WorldTriplets, triplet_folders
+    from scalestyle.train.stylevar import StyleVARTrainConfig, sft_start, train_stylevar_sft
+
+    if args.init is None and not args.quick:
+        raise CliError("give --init: a StyleVAR preset, a StyleVAR folder to continue or a VAR folder")
+    init = args.init or "stylevar-tiny"
+    cfg = StyleVARTrainConfig.quick() if args.quick else StyleVARTrainConfig()
+    overrides = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "alpha_jitter": args.alpha_jitter,
+        "mixed_precision": args.mixed_precision,
+        "num_workers": args.num_workers,
+    }
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    # the data is read (and checked) before any weights load
+    size = sft_start(init).preset.image_size
+    data: TripletData = WorldTriplets(size) if args.world else triplet_folders(args.data, size)
+    out = train_stylevar_sft(args.out, args.work_dir, cfg, data, init=init, progress=not args.quiet)
+    if not args.quiet:
+        sys.stderr.write(f"wrote the StyleVAR folder {out} ({len(data)} triplets, {cfg.steps} steps)\n")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from scalestyle.locate import model_folder
     from scalestyle.weights import download
@@ -678,7 +704,7 @@ def _evaluate_transfer(args: argparse.Namespace) -> int:
             methods.append(training_free_method("ours", styler, sampling=sampling))
         else:
             _, folder, variant = next(s for s in stylevars if s[0] == name)
-            pipe = TransferPipeline.load(folder, variant=variant or "grpo", device=args.device)
+            pipe = TransferPipeline.load(folder, variant=variant, device=args.device)
             # the authors' top-k 900 is of a 4096-entry codebook; a smaller one keeps every entry
             assert isinstance(pipe.pipe.vae, VQVAE)  # a StyleVAR folder comes with a VQ-VAE
             vocab = pipe.pipe.vae.cfg.vocab_size
@@ -881,7 +907,8 @@ def _bench_parser(sub: Subparsers) -> None:
 def _train_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "train",
-        help="train models: the demo world (`train demo`), your images (`train folder`), ...",
+        help="train models: the demo world (`train demo`), your images (`train folder`), StyleVAR "
+        "(`train stylevar-sft`)",
         formatter_class=_Formatter,
     )
     train_sub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -901,6 +928,47 @@ def _train_parser(sub: Subparsers) -> None:
     for q in (demo, folder):
         _train_model_args(q)
         q.set_defaults(func=cmd_train)
+    _train_stylevar_sft_parser(train_sub)
+
+
+def _train_stylevar_sft_parser(train_sub: Subparsers) -> None:
+    p = train_sub.add_parser(
+        "stylevar-sft",
+        help="StyleVAR supervised fine-tuning on style-transfer triplets",
+        formatter_class=_Formatter,
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--data",
+        action="append",
+        metavar="DIR",
+        help="an OmniStyle-150K or ImagePulse folder (repeat to join several)",
+    )
+    source.add_argument("--world", action="store_true", help="the procedural world's train-split triplets")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="a StyleVAR preset (random weights), a StyleVAR folder to continue, or a VAR folder to start "
+        "from; default with --quick: stylevar-tiny",
+    )
+    p.add_argument("--out", required=True, help="StyleVAR folder to write")
+    p.add_argument("--work-dir", default="runs/stylevar-sft", help="checkpoint and log (resumable)")
+    p.add_argument("--steps", type=_at_least(1), default=None, help="optimizer steps; default: 20000")
+    p.add_argument("--batch-size", type=_at_least(1), default=None, help="triplets per step; default: 14")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate; default: 2.19e-4")
+    p.add_argument(
+        "--alpha-jitter", type=float, default=None, help="random shift of every alpha per step (v2 run: 0.15)"
+    )
+    p.add_argument("--mixed-precision", choices=["no", "bf16"], default=None, help="default: no")
+    p.add_argument(
+        "--num-workers",
+        type=_at_least(0),
+        default=None,
+        help="data loader processes reading images; default: 0",
+    )
+    p.add_argument("--quick", action="store_true", help="two steps of two triplets (smoke test)")
+    _quiet(p)
+    p.set_defaults(func=cmd_train_stylevar_sft)
 
 
 def _train_model_args(p: argparse.ArgumentParser) -> None:
@@ -1168,7 +1236,12 @@ def _transfer_parser(sub: Subparsers) -> None:
         help="StyleVAR folder (from `scalestyle download stylevar`); with --random-weights a preset "
         f"({', '.join(STYLEVAR_PRESETS)}); default: $SCALESTYLE_HOME/stylevar",
     )
-    p.add_argument("--variant", choices=["grpo", "sft"], default="grpo", help="which released checkpoint")
+    p.add_argument(
+        "--variant",
+        choices=["grpo", "sft"],
+        default=None,
+        help="which released checkpoint; default: a trained folder's own, else grpo",
+    )
     p.add_argument(
         "--double-append", action="store_true", help="sample with the authors' KV cache (history keys twice)"
     )
