@@ -261,6 +261,14 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     if args.text_only and args.style_prompt is None:
         raise CliError("--text-only needs --style-prompt: the style is then given in words only")
     _text(args.style_prompt, "--style-prompt")
+    if args.method == "stylear":
+        from scalestyle import stylear_cli
+
+        args.device = _device(args.device)
+        sampling = _sampling(args, parse_aspect(args.aspect))
+        return stylear_cli.stylize(args, prompts, sampling, lambda: _load(args))
+    if args.adapter:
+        raise CliError("--adapter goes with --method stylear")
     if args.out and args.out_dir:
         raise CliError("give either --out FILE.png (one image) or --out-dir DIR (a batch), not both")
     if not args.out and not args.out_dir:
@@ -880,6 +888,9 @@ def _stylize_parser(sub: Subparsers) -> None:
     _quiet(p)
     _model_args(p)
     _sampling_args(p)
+    from scalestyle.stylear_cli import add_stylize_args
+
+    add_stylize_args(p)
     p.set_defaults(func=cmd_stylize)
 
 
@@ -929,6 +940,9 @@ def _train_parser(sub: Subparsers) -> None:
         _train_model_args(q)
         q.set_defaults(func=cmd_train)
     _train_stylevar_sft_parser(train_sub)
+    from scalestyle.stylear_cli import add_train_parser
+
+    add_train_parser(train_sub, _Formatter)
 
 
 def _train_stylevar_sft_parser(train_sub: Subparsers) -> None:
