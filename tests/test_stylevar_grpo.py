@@ -337,3 +337,32 @@ def test_world_judge_reward_prefers_the_true_target() -> None:
               (("target", target), ("content", content), ("style", style))}  # fmt: skip
     assert scores["target"] > max(scores["content"], scores["style"]), scores
     assert 0 <= scores["target"] <= 2
+
+
+def grpo_command(argv: list[str]) -> int:
+    """``train stylevar-grpo`` through its parser as :mod:`scalestyle.cli` registers it."""
+    import argparse
+
+    from scalestyle.cli import _at_least
+    from scalestyle.stylevar_grpo_cli import add_train_parser
+
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers(dest="what"), argparse.HelpFormatter, _at_least)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def test_cli_trains_on_the_world_and_writes_a_grpo_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = ["stylevar-grpo", "--quick", "--world", "--reward", "target", "--out", str(out)]
+    assert grpo_command([*argv, "--work-dir", str(work), "--quiet", "--device", "cpu"]) == 0
+    rows = (work / "grpo_log.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 2]
+    assert TransferPipeline.load(out, device="cpu").pipe.model_name == f"{PRESET.name}-grpo"
+    with pytest.raises(ValueError, match="give --init"):
+        grpo_command(["stylevar-grpo", "--world", "--out", str(out)])
+    monkeypatch.setitem(sys.modules, "dreamsim", None)  # never a download, installed or not
+    with pytest.raises(ValueError, match="`dreamsim` package"):
+        grpo_command(["stylevar-grpo", "--quick", "--world", "--reward", "dreamsim", "--out", str(out)])
