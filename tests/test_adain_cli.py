@@ -1,5 +1,5 @@
 """The AdaIN commands of scalestyle.adain_cli (``transfer --method adain``, ``train adain``), through the
-real `transfer` and `train` parsers with the AdaIN flags added as cli.py is to register them."""
+`scalestyle` command line."""
 
 from __future__ import annotations
 
@@ -12,25 +12,13 @@ from PIL import Image
 
 from scalestyle import adain_cli
 from scalestyle.adain_weights import save_adain_dir
-from scalestyle.cli import _Parser, _train_parser, _transfer_parser
+from scalestyle.cli import main
 from scalestyle.metadata import read_png_metadata
 from tests.test_adain import picture, tiny_adain
 
 
 def run(argv: list[str]) -> int:
-    parser = _Parser(prog="scalestyle")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _transfer_parser(sub)
-    adain_cli.add_transfer_args(sub.choices["transfer"])
-    _train_parser(sub)
-    adain_cli.add_train_parser(next(a for a in sub.choices["train"]._actions if a.dest == "what"))
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "transfer":
-            return adain_cli.run_transfer(args)
-        return int(args.func(args))
-    except (adain_cli.CliError, ValueError):
-        return 2
+    return main(argv)
 
 
 def _cli_images(tmp_path: Path) -> list[str]:

@@ -939,6 +939,9 @@ def _train_parser(sub: Subparsers) -> None:
     for q in (demo, folder):
         _train_model_args(q)
         q.set_defaults(func=cmd_train)
+    from scalestyle import adain_cli
+
+    adain_cli.add_train_parser(train_sub)
     _train_stylevar_sft_parser(train_sub)
     from scalestyle.stylear_cli import add_train_parser
 
@@ -1204,11 +1207,15 @@ def _download_parser(sub: Subparsers) -> None:
 def cmd_transfer(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from scalestyle import adain_cli
     from scalestyle.images import load_image
     from scalestyle.locate import model_folder
     from scalestyle.metadata import write_png
     from scalestyle.transfer import TRANSFER_SAMPLING, TransferPipeline
 
+    if args.method == "adain":
+        return adain_cli.run_transfer(args)
+    adain_cli.check_stylevar_args(args)
     if not -1 <= args.strength <= 1:
         raise CliError(f"--strength must be in [-1, 1], got {args.strength}")
     out = _out_png(args.out, args.overwrite)
@@ -1235,9 +1242,12 @@ def _transfer_parser(sub: Subparsers) -> None:
 
     p = sub.add_parser(
         "transfer",
-        help="redraw a content image in a style image's style (StyleVAR)",
+        help="redraw a content image in a style image's style (StyleVAR, or the AdaIN baseline)",
         formatter_class=_Formatter,
     )
+    from scalestyle import adain_cli
+
+    adain_cli.add_transfer_args(p)
     p.add_argument("--content", required=True, help="the content image")
     p.add_argument("--style", required=True, help="the style reference image")
     p.add_argument("--out", required=True, help="output .png (an existing file needs --overwrite)")
