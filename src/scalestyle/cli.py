@@ -557,8 +557,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.protocol == "transfer":
         return _evaluate_transfer(args)
-    if args.stylevar:
-        raise CliError("--stylevar is for --protocol transfer")
+    if args.stylevar or args.adain:
+        raise CliError("--stylevar and --adain are for --protocol transfer")
     # everything the user typed is checked before the model loads
     methods = get_methods(args.methods or DEFAULT_EVAL_METHODS)
     seeds = args.seeds or (args.seed,)
@@ -671,11 +671,17 @@ def _evaluate_transfer(args: argparse.Namespace) -> int:
         if getattr(args, flag):
             raise CliError(f"--{flag.replace('_', '-')} is not a --protocol transfer setting")
     stylevars = [_stylevar_spec(spec) for spec in args.stylevar or ()]
-    default = ",".join([TRANSFER_EVAL_METHODS, *(name for name, _, _ in stylevars)])
+    if args.adain is not None and not Path(args.adain).is_dir():
+        raise CliError(f"--adain: no folder {args.adain}")
+    extra = ["adain"] if args.adain else []
+    default = ",".join([TRANSFER_EVAL_METHODS, *extra, *(name for name, _, _ in stylevars)])
     wanted = protocols.parse_list(args.methods or default) or ()
-    known = {"copy-content", "ours", *(name for name, _, _ in stylevars)}
+    known = {"copy-content", "ours", *extra, *(name for name, _, _ in stylevars)}
     if unknown := [m for m in wanted if m not in known]:
-        raise CliError(f"unknown transfer method(s) {unknown}: copy-content, ours, or a --stylevar NAME")
+        raise CliError(
+            f"unknown transfer method(s) {unknown}: copy-content, ours, adain (with --adain DIR), "
+            "or a --stylevar NAME"
+        )
     cases = world_transfer_cases(
         protocols.parse_list(args.contents), protocols.parse_list(args.styles), args.seeds or (args.seed,)
     )
@@ -706,6 +712,11 @@ def _evaluate_transfer(args: argparse.Namespace) -> int:
     for name in wanted:
         if name == "copy-content":
             methods.append(copy_content())
+        elif name == "adain":
+            from scalestyle.adain_transfer import AdaINPipeline
+
+            adain = AdaINPipeline.load(args.adain, device=args.device)
+            methods.append(pipeline_method("adain", adain, model_name=adain.model_name))
         elif name == "ours":
             styler = StylePipeline(_load(args))
             sampling = _sampling(args, 1.0)
@@ -944,8 +955,10 @@ def _train_parser(sub: Subparsers) -> None:
     adain_cli.add_train_parser(train_sub)
     _train_stylevar_sft_parser(train_sub)
     from scalestyle.stylear_cli import add_train_parser
+    from scalestyle.stylevar_grpo_cli import add_train_parser as add_grpo_parser
 
     add_train_parser(train_sub, _Formatter)
+    add_grpo_parser(train_sub, _Formatter, _at_least)
 
 
 def _train_stylevar_sft_parser(train_sub: Subparsers) -> None:
@@ -1135,6 +1148,12 @@ def _evaluate_parser(sub: Subparsers) -> None:
         default=None,
         metavar="NAME=DIR[:VARIANT]",
         help="transfer: a StyleVAR model folder evaluated as method NAME (repeat for several)",
+    )
+    p.add_argument(
+        "--adain",
+        default=None,
+        metavar="DIR",
+        help="transfer: an AdaIN folder (public .pth pair or `train adain` output), method adain",
     )
     p.add_argument(
         "--out",
