@@ -129,3 +129,13 @@ def test_cli_evaluate_transfer(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert {"content_correct", "style_correct", "l1_target", "gram_style"} <= ours.keys()
     with Image.open(tmp_path / "run" / ours["image"]) as img:
         assert img.mode == "RGB" and "settings" in img.info
+    # the AdaIN baseline joins the same folder as one more method
+    from scalestyle.adain_weights import save_adain_dir
+    from tests.test_adain import tiny_adain
+
+    adain_dir = save_adain_dir(tmp_path / "adain", tiny_adain(), extra={"name": "tiny-adain"})
+    argv = [*base, "--out", str(tmp_path / "run"), "--adain", str(adain_dir)]
+    assert main([*argv, "--methods", "copy-content,ours,adain"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / ROWS_FILE).read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["copy-content", "ours", "adain"]
+    assert rows[2]["config"]["model"] == "tiny-adain" and rows[2]["l1_target"] > 0
