@@ -45,7 +45,7 @@ from scalestyle.data import procedural as world
 from scalestyle.eval.classifier import WorldClassifier
 from scalestyle.eval.methods import DEFAULT_METHODS, Method, Request, get_methods
 from scalestyle.eval.protocols import Case
-from scalestyle.eval.report import Row, write_reports
+from scalestyle.eval.report import Row, slug, write_reports
 from scalestyle.eval.world import Judges
 from scalestyle.metadata import read_png_metadata, remove_stale_tmp, write_png
 from scalestyle.metrics import CLIPScorer, DINOScorer, GramStyle, evaluate, pil_to_batch
@@ -178,20 +178,22 @@ def build_scorers(
 
 
 @torch.no_grad()
-def world_metrics(judges: Judges, image: Image.Image, case: Case) -> dict[str, Any]:
+def world_metrics(
+    judges: Judges, image: Image.Image, content: str, style: str, ref_content: str | None
+) -> dict[str, Any]:
     """Ground truth on the procedural world: predicted content and style, whether each is the case's,
     the probabilities of the case's content and style, and leakage (the reference's content predicted)."""
     batch = world.to_tensor(image.convert("RGB").resize((64, 64)))[None]
     out: dict[str, Any] = {}
-    for kind, clf, want in (("content", judges.content, case.content), ("style", judges.style, case.style)):
+    for kind, clf, want in (("content", judges.content, content), ("style", judges.style, style)):
         param = next(clf.parameters())
         probs = clf(batch.to(param.device, param.dtype)).float().softmax(1)[0].cpu()
         pred = clf.labels[int(probs.argmax())]
         out[f"pred_{kind}"] = pred
         out[f"{kind}_correct"] = pred == want
         out[f"p_{kind}"] = float(probs[clf.labels.index(want)]) if want in clf.labels else None
-    if case.ref_content is not None:
-        out["leakage"] = out["pred_content"] == case.ref_content
+    if ref_content is not None:
+        out["leakage"] = out["pred_content"] == ref_content
     return out
 
 
@@ -201,7 +203,7 @@ def score(scorers: Scorers, image: Image.Image, case: Case, ref: Image.Image) ->
     DINO to the reference."""
     out: dict[str, Any] = {}
     if scorers.judges is not None and case.protocol == "procedural":
-        out.update(world_metrics(scorers.judges, image, case))
+        out.update(world_metrics(scorers.judges, image, case.content, case.style, case.ref_content))
     img = pil_to_batch([image])
     values: dict[str, list[float]] = {}
     if scorers.clip is not None or scorers.dino is not None:
@@ -233,18 +235,11 @@ def score(scorers: Scorers, image: Image.Image, case: Case, ref: Image.Image) ->
 # -- the run -----------------------------------------------------------------------------------------------
 
 
-def _slug(text: str) -> str:
-    keep = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
-    while "--" in keep:
-        keep = keep.replace("--", "-")
-    return keep or "x"
-
-
 def image_relpath(method: Method, case: Case) -> str:
-    name = f"{_slug(case.content)}__s{case.seed}.png"
+    name = f"{slug(case.content)}__s{case.seed}.png"
     if not method.reads_style:
-        return f"images/{_slug(method.name)}/{name}"
-    return f"images/{_slug(method.name)}/{_slug(case.style)}/{name}"
+        return f"images/{slug(method.name)}/{name}"
+    return f"images/{slug(method.name)}/{slug(case.style)}/{name}"
 
 
 @dataclass(frozen=True)
@@ -379,7 +374,7 @@ def _evaluate(
                 ),
             }
         )
-        image, seconds = _existing(path, image_key)
+        image, seconds = existing_image(path, image_key)
         if image is None:
             if max_images is not None and computed >= max_images:
                 stopped = True
@@ -448,7 +443,7 @@ def _evaluate(
     return EvalResult(rows, computed, reused, skipped, stopped, files)
 
 
-def _existing(path: Path, image_key: str) -> tuple[Image.Image | None, float]:
+def existing_image(path: Path, image_key: str) -> tuple[Image.Image | None, float]:
     """An image already written for exactly these inputs (its row not yet logged), with the seconds its
     generation took; (None, nan) when there is none or it was made from other inputs."""
     if not path.is_file():

@@ -291,7 +291,8 @@ def tradeoff_plot(
     return img
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A file-name-safe lower-case form of ``text`` (runs of other characters become one dash)."""
     keep = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
     while "--" in keep:
         keep = keep.replace("--", "-")
@@ -347,7 +348,7 @@ def write_reports(
             grid.append((method, cells))
         sheets.mkdir(exist_ok=True)
         sheet = contact_sheet(str(style), labels, grid, thumb=thumb)
-        files[f"sheet:{style}"] = write_png(sheet, sheets / f"{_slug(str(style))}.png", {"style": style})
+        files[f"sheet:{style}"] = write_png(sheet, sheets / f"{slug(str(style))}.png", {"style": style})
     axes = pick_plot_axes(summary)
     if axes is not None:
         plot = tradeoff_plot(summary, *axes, title=title)

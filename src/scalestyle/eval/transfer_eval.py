@@ -40,9 +40,10 @@ from PIL import Image
 from scalestyle.bench import machine_info
 from scalestyle.config import SamplingConfig
 from scalestyle.data import procedural as world
-from scalestyle.eval.report import MetricColumn, Row, write_reports
+from scalestyle.eval.evaluate import existing_image, world_metrics
+from scalestyle.eval.report import MetricColumn, Row, slug, write_reports
 from scalestyle.eval.world import Judges, reference_for
-from scalestyle.metadata import read_png_metadata, remove_stale_tmp, write_png
+from scalestyle.metadata import remove_stale_tmp, write_png
 from scalestyle.method.style import StyleConfig, StylePipeline
 from scalestyle.metrics import LPIPS, CLIPScorer, DreamSim, GramStyle, LPIPSPackage, pil_to_batch, ssim
 from scalestyle.records import JsonlRows, folder_lock, settings_diff, settings_hash, source_commit
@@ -244,19 +245,7 @@ def score_transfer(scorers: TransferScorers, image: Image.Image, case: TransferC
     size_hw = (image.height, image.width)
     img = pil_to_batch([image])
     if scorers.judges is not None:
-        batch = world.to_tensor(image.convert("RGB").resize((64, 64)))[None]
-        for kind, clf, want in (
-            ("content", scorers.judges.content, case.content),
-            ("style", scorers.judges.style, case.style),
-        ):
-            param = next(clf.parameters())
-            probs = clf(batch.to(param.device, param.dtype)).float().softmax(1)[0].cpu()
-            pred = clf.labels[int(probs.argmax())]
-            out[f"pred_{kind}"] = pred
-            out[f"{kind}_correct"] = pred == want
-            out[f"p_{kind}"] = float(probs[clf.labels.index(want)]) if want in clf.labels else None
-        if case.ref_content is not None:
-            out["leakage"] = out["pred_content"] == case.ref_content
+        out.update(world_metrics(scorers.judges, image, case.content, case.style, case.ref_content))
     if case.target is not None:
         target = pil_to_batch([case.target], size_hw=size_hw)
         out["l1_target"] = float((img - target).abs().mean())
@@ -275,15 +264,8 @@ def score_transfer(scorers: TransferScorers, image: Image.Image, case: TransferC
     return {k: _clean(v) if isinstance(v, float) else v for k, v in out.items()}
 
 
-def _slug(text: str) -> str:
-    keep = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
-    while "--" in keep:
-        keep = keep.replace("--", "-")
-    return keep or "x"
-
-
 def image_relpath(method: str, case: TransferCase) -> str:
-    return f"images/{_slug(method)}/{_slug(case.style)}/{_slug(case.content)}__s{case.seed}.png"
+    return f"images/{slug(method)}/{slug(case.style)}/{slug(case.content)}__s{case.seed}.png"
 
 
 @dataclass(frozen=True)
@@ -364,7 +346,7 @@ def _run(
         image_key = settings_hash(
             {"config_hash": hashes[method.name], "case": [case.content, case.style, case.seed]}
         )
-        image, seconds = _existing(path, image_key)
+        image, seconds = existing_image(path, image_key)
         if image is None:
             if max_images is not None and computed >= max_images:
                 stopped = True
@@ -437,16 +419,3 @@ def _run(
         inputs={"content": picture("content_image"), "target": picture("target")},
     )
     return TransferResult(rows, computed, reused, stopped, files)
-
-
-def _existing(path: Path, image_key: str) -> tuple[Image.Image | None, float]:
-    if not path.is_file():
-        return None, math.nan
-    try:
-        meta = read_png_metadata(path)
-        if meta.get("image_key") != image_key:
-            return None, math.nan
-        with Image.open(path) as img:
-            return img.convert("RGB"), float(meta.get("seconds", "nan"))
-    except (OSError, ValueError):
-        return None, math.nan
