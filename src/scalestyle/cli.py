@@ -171,6 +171,23 @@ def _load(args: argparse.Namespace) -> Pipeline:
     return Pipeline.load(args.model, device=args.device, random_weights=random_weights)
 
 
+def _note_references(args: argparse.Namespace) -> None:
+    """A line per reference saying whether it lies in the world a demo model knows (models of other images
+    ship no reference fit, and say nothing)."""
+    from scalestyle.eval.reference_fit import ReferenceFit
+    from scalestyle.images import load_image
+    from scalestyle.locate import model_folder
+    from scalestyle.stylear_cli import parse_weighted_style
+
+    named = dict.fromkeys(parse_weighted_style(s)[0] for s in args.style or ())
+    files = [f for f in named if Path(f).is_file()]
+    fit = ReferenceFit.for_model(model_folder(args.model)) if files else None
+    if fit is None:
+        return
+    for name in files:
+        sys.stderr.write(fit.check(load_image(name)).message(name) + "\n")
+
+
 def _model_label(args: argparse.Namespace) -> str:
     """The --model value as batch settings record it (folders by absolute path)."""
     model = args.model or "demo"
@@ -261,6 +278,8 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     if args.text_only and args.style_prompt is None:
         raise CliError("--text-only needs --style-prompt: the style is then given in words only")
     _text(args.style_prompt, "--style-prompt")
+    if not args.quiet:
+        _note_references(args)
     if args.method == "stylear":
         from scalestyle import stylear_cli
 

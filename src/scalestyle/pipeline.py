@@ -53,6 +53,11 @@ def bundled_demo_dir() -> Path:
     return Path(str(resources.files("scalestyle") / "assets" / "demo"))
 
 
+def bundled_references_dir() -> Path:
+    """Renders of the demo world's held-out styles (``tools/world_references.py``), for a first stylize."""
+    return Path(str(resources.files("scalestyle") / "assets" / "references"))
+
+
 def default_home() -> Path:
     """Where `scalestyle download` puts official weights (override with SCALESTYLE_HOME)."""
     return Path(os.environ.get("SCALESTYLE_HOME", Path.home() / ".cache" / "scalestyle"))

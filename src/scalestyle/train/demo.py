@@ -21,6 +21,8 @@ import torch
 from scalestyle.config import BSQVAEConfig, InfinityConfig, ModelPreset, TextEncoderConfig, get_preset
 from scalestyle.data import procedural as world
 from scalestyle.eval.classifier import WorldClassifier
+from scalestyle.eval.reference_fit import FILE_NAME as REFERENCE_FIT_FILE
+from scalestyle.eval.reference_fit import fit_reference_fit
 from scalestyle.models.demo_text import build_demo_text_encoder
 from scalestyle.models.text_encoder import TextEncoder
 from scalestyle.schedules import get_schedule
@@ -69,8 +71,12 @@ class DemoTrainConfig:
     # captions: "<content> in <style>", "<content>" alone, "<style>" alone; the method's three paths use all
     caption_mix: tuple[float, float, float] = (0.6, 0.2, 0.2)
     preset: str = "demo"
+    # renders a style for the reference fit's statistics and as many for its threshold (eval.reference_fit)
+    reference_fit_per_style: int = 48
 
     def __post_init__(self) -> None:
+        if self.reference_fit_per_style < 2:
+            raise ValueError(f"reference_fit_per_style must be >= 2, got {self.reference_fit_per_style}")
         if len(self.caption_mix) != 3 or min(self.caption_mix) < 0 or abs(sum(self.caption_mix) - 1) > 1e-6:
             raise ValueError(
                 f"caption_mix must be three non-negative weights summing to 1, got {self.caption_mix}"
@@ -84,6 +90,7 @@ class DemoTrainConfig:
             TransformerTrainConfig(steps=2, batch_size=4, log_every=1, ckpt_every=1),
             ClassifierTrainConfig(steps=2, batch_size=4, log_every=1),
             preset="tiny",
+            reference_fit_per_style=2,
         )
 
     @classmethod
@@ -206,6 +213,8 @@ def train_demo(out_dir: Path, work_dir: Path, cfg: DemoTrainConfig, *, progress:
         (dest_text / f.name).write_bytes(f.read_bytes())
     for f in clf_files:
         (out_dir / f.name).write_bytes(f.read_bytes())
+    # lets stylize say when a user's reference is far outside the world this model knows
+    fit_reference_fit(style_clf, cfg.reference_fit_per_style).save(out_dir / REFERENCE_FIT_FILE)
     # config.json is written last, so an interrupted export is never taken for a model folder
     # fp16 halves the shipped transformer (the loader casts back to fp32); the VAE stays fp32
     shipped = copy.deepcopy(transformer).half()
