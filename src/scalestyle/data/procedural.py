@@ -55,6 +55,8 @@ __all__ = [
     "SPLITS",
     "SPLIT_SEEDS",
     "STYLES",
+    "SUBJECTS",
+    "SUBJECT_CLASSES",
     "TRAIN_SEEDS",
     "TRAIN_STYLES",
     "ProceduralDataset",
@@ -65,6 +67,7 @@ __all__ = [
     "content_caption",
     "iter_samples",
     "render",
+    "render_subject",
     "sample_at",
     "split_styles",
     "style_caption",
@@ -117,6 +120,16 @@ _CONTENT_SPECS: dict[str, _Content] = {
 }
 
 CONTENTS: tuple[str, ...] = tuple(_CONTENT_SPECS)
+
+# Subjects: shapes drawn like contents but never part of CONTENTS, so the demo model (trained on CONTENTS
+# only) has never seen them; subject-driven fine-tuning (proxy-tuning, issue 18) teaches them to it. Each
+# names the content it is "a kind of" (DreamBooth's class word), whose renders serve as prior images.
+_SUBJECT_SPECS: dict[str, _Content] = {
+    "hexstar": _Content("a", 30.0, False),  # a six-point star (hexagram) repeats every 60 degrees
+    "cactus": _Content("a", 10.0, True),
+}
+SUBJECT_CLASSES: dict[str, str] = {"hexstar": "star", "cactus": "tree"}
+SUBJECTS: tuple[str, ...] = tuple(_SUBJECT_SPECS)
 
 _Polys = tuple[tuple[bool, np.ndarray], ...]
 
@@ -238,6 +251,21 @@ def _silhouette(content: str) -> _Polys:
                 ),
             ),
         )
+    if content == "hexstar":
+        ang = np.deg2rad(-90 + 30 * np.arange(12))
+        rad = np.where(np.arange(12) % 2 == 0, 1.0, 0.58)  # two overlapping triangles' outline
+        return ((add, np.stack([rad * np.cos(ang), rad * np.sin(ang)], axis=1)),)
+    if content == "cactus":
+        return (
+            (add, _rect(-0.2, -0.7, 0.2, 1)),
+            (add, _ellipse(0, -0.7, 0.2, 0.28, 24)),
+            (add, _rect(-0.62, -0.05, -0.2, 0.15)),  # left arm: elbow, then up
+            (add, _rect(-0.62, -0.45, -0.42, 0.15)),
+            (add, _ellipse(-0.52, -0.45, 0.1, 0.14, 16)),
+            (add, _rect(0.2, 0.2, 0.6, 0.4)),  # right arm, lower
+            (add, _rect(0.4, -0.25, 0.6, 0.4)),
+            (add, _ellipse(0.5, -0.25, 0.1, 0.14, 16)),
+        )
     raise AssertionError(content)  # unreachable: contents are validated first
 
 
@@ -249,7 +277,7 @@ def _supersampling(size: int) -> int:
 def _coverage(content: str, seed: int, size: int) -> np.ndarray:
     """Fraction of each pixel covered by the posed silhouette, float64 (size, size) in [0, 1]."""
     rng = _rng("layout", content, seed)
-    spec = _CONTENT_SPECS[content]
+    spec = _CONTENT_SPECS.get(content) or _SUBJECT_SPECS[content]
     theta = np.deg2rad(rng.uniform(-spec.max_rotation, spec.max_rotation))
     flip = -1.0 if spec.mirror and rng.random() < 0.5 else 1.0
     c, s = np.cos(theta), np.sin(theta)
@@ -998,6 +1026,19 @@ class Triplet:
 def render(content: str, style: str, seed: int, size: int = 64) -> Sample:
     """Draw ``content`` in ``style`` at ``size`` x ``size`` pixels; the same arguments give the same bytes."""
     _check_content(content)
+    return _render(content, style, seed, size)
+
+
+def render_subject(subject: str, style: str, seed: int, size: int = 64) -> Sample:
+    """Draw a subject (one of :data:`SUBJECTS`, never a content) as :func:`render` draws a content; its
+    caption names its class, ``"a star in neon style"`` for the hexstar (the subject has no word)."""
+    if subject not in _SUBJECT_SPECS:
+        raise ValueError(f"unknown subject {subject!r}; choose one of {list(SUBJECTS)}")
+    sample = _render(subject, style, seed, size)
+    return Sample(subject, style, seed, sample.image, sample.mask, caption(SUBJECT_CLASSES[subject], style))
+
+
+def _render(content: str, style: str, seed: int, size: int) -> Sample:
     _check_style(style)
     # plain str and int: the seeding hashes reprs, and np.str_('star') would not hash like 'star'
     content, style = str(content), str(style)
@@ -1024,7 +1065,8 @@ def render(content: str, style: str, seed: int, size: int = 64) -> Sample:
     pixels = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     mask = alpha >= 0.5
     mask.flags.writeable = False
-    return Sample(content, style, seed, Image.fromarray(pixels, "RGB"), mask, caption(content, style))
+    text = caption(content, style) if content in _CONTENT_INDEX else ""
+    return Sample(content, style, seed, Image.fromarray(pixels, "RGB"), mask, text)
 
 
 def split_styles(split: str) -> tuple[str, ...]:

@@ -1,0 +1,159 @@
+"""Subject adapters (proxy-tuning, issue 18): config checks, off == base to the bit, merged == unmerged,
+exact resumption, captions, the world's subjects."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scalestyle.data import procedural as world
+from scalestyle.data.folder import ImageFolder
+from scalestyle.models.subject import (
+    SubjectAdapter,
+    SubjectConfig,
+    adapter_kind,
+    lora_applied,
+    merged,
+)
+from scalestyle.pipeline import Pipeline
+from scalestyle.train.subject import SubjectTrainConfig, subject_batch, subject_caption, train_subject
+from scalestyle.train.transformer import encode_batch
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir: Path) -> Pipeline:
+    return Pipeline.load(tiny_model_dir, device="cpu")
+
+
+def write_folder(root: Path, subject: str, n: int, caption: str | None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        sample = world.render_subject(subject, world.TRAIN_STYLES[i % 3], i)
+        sample.image.save(root / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "text": caption or ""})
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def trained_like(pipe: Pipeline, seed: int, token: str = "sks") -> SubjectAdapter:
+    adapter = SubjectAdapter(SubjectConfig(token, "star", 128, lora_rank=2))
+    with lora_applied(pipe.transformer, [adapter], seed=seed):  # fresh LoRA: B = 0
+        pass
+    g = torch.Generator().manual_seed(seed)
+    adapter.lora = {k: torch.randn(v.shape, generator=g) * 0.05 for k, v in adapter.lora.items()}
+    return adapter
+
+
+def logits(pipe: Pipeline, prompt: str = "a star in style") -> torch.Tensor:
+    schedule = pipe.schedule_for()
+    img = world.to_tensor(world.render("star", "neon", 0).image)[None]
+    inputs, _ = encode_batch(pipe.vae, img, schedule)  # type: ignore[arg-type]
+    cond = pipe.transformer.condition([pipe.encode_text([prompt])])  # type: ignore[union-attr]
+    with torch.no_grad():
+        return pipe.transformer(inputs, cond, schedule)  # type: ignore[call-arg]
+
+
+def test_config_checks_name_the_value_and_range() -> None:
+    with pytest.raises(ValueError, match=r"lora_rank must be in \[1, 1024\], got 0"):
+        SubjectConfig("sks", "star", 128, lora_rank=0)
+    with pytest.raises(ValueError, match="token must be non-empty"):
+        SubjectConfig(" ", "star", 128)
+    with pytest.raises(ValueError, match="lora_targets must be a non-empty subset"):
+        SubjectConfig("sks", "star", 128, lora_targets=("sa.mat_qkv",))
+    with pytest.raises(ValueError, match=r"prior_weight must be in \[0, 100\], got -1"):
+        SubjectTrainConfig(prior_weight=-1)
+    with pytest.raises(ValueError, match=r"lr must be in \(0, 1\), got 2"):
+        SubjectTrainConfig(lr=2)
+    assert SubjectConfig("<sks>", "star", 128, lora_rank=4, lora_alpha=8).scale == 2.0
+
+
+def test_world_subjects_are_not_contents_and_render_like_them() -> None:
+    assert not set(world.SUBJECTS) & set(world.CONTENTS)
+    for subject in world.SUBJECTS:
+        a = world.render_subject(subject, "plain", 5)
+        b = world.render_subject(subject, "neon", 5)
+        assert np.array_equal(a.mask, b.mask) and a.mask.mean() > 0.05
+        assert world.SUBJECT_CLASSES[subject] in world.CONTENTS
+    with pytest.raises(ValueError, match="unknown content"):
+        world.render("hexstar", "plain", 0)
+    with pytest.raises(ValueError, match="unknown subject"):
+        world.render_subject("star", "plain", 0)
+
+
+def test_adapter_off_is_the_base_model_bit_for_bit(pipe: Pipeline) -> None:
+    base = logits(pipe)
+    adapter = trained_like(pipe, 1)
+    with merged(pipe.transformer, [adapter]):  # type: ignore[arg-type]
+        assert not torch.equal(logits(pipe), base)
+    assert torch.equal(logits(pipe), base)
+    with lora_applied(pipe.transformer, [adapter]):  # type: ignore[arg-type]
+        assert not torch.equal(logits(pipe), base)
+    assert torch.equal(logits(pipe), base)
+    assert not any(".lora_" in n for n, _ in pipe.transformer.named_parameters())
+
+
+def test_merged_equals_unmerged_for_one_and_two_adapters(pipe: Pipeline) -> None:
+    a, b = trained_like(pipe, 1), trained_like(pipe, 2, token="zwx")
+    for adapters in ([a], [a, b]):
+        with lora_applied(pipe.transformer, adapters):  # type: ignore[arg-type]
+            unmerged = logits(pipe)
+        with merged(pipe.transformer, adapters):  # type: ignore[arg-type]
+            folded = logits(pipe)
+        torch.testing.assert_close(folded, unmerged, rtol=1e-4, atol=1e-4)
+    with lora_applied(pipe.transformer, [a]):  # type: ignore[arg-type]
+        only_a = logits(pipe)
+    assert not torch.allclose(only_a, unmerged, atol=1e-4)  # two adapters are not one
+
+
+def test_save_load_round_trip_and_kind(pipe: Pipeline, tmp_path: Path) -> None:
+    adapter = trained_like(pipe, 3)
+    out = adapter.save(tmp_path / "a")
+    assert adapter_kind(out) == "subject"
+    back = SubjectAdapter.load(out)
+    assert back.cfg == adapter.cfg and all(torch.equal(back.lora[k], v) for k, v in adapter.lora.items())
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text('{"stylear": {}}')
+    (tmp_path / "b" / "adapter.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="is not a subject adapter"):
+        SubjectAdapter.load(tmp_path / "b")
+
+
+def test_captions_fill_the_subject_or_draw_a_template(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    assert subject_caption("a {subject} in neon style", "<sks> star", g) == "a <sks> star in neon style"
+    assert "<sks> star" in subject_caption("", "<sks> star", g)
+    images = ImageFolder(write_folder(tmp_path / "s", "hexstar", 3, None), (64, 64), uncaptioned="empty")
+    classes = ImageFolder(write_folder(tmp_path / "c", "hexstar", 2, "a star"), (64, 64))
+    adapter = SubjectAdapter(SubjectConfig("<sks>", "star", 128))
+    img, captions, n = subject_batch(images, classes, adapter, SubjectTrainConfig(batch_size=2), 0, g)
+    assert img.shape == (4, 3, 64, 64) and n == 2
+    assert all("<sks> star" in c for c in captions[:2]) and captions[2:] == ["a star", "a star"]
+
+
+def test_resume_gives_the_uninterrupted_weights(pipe: Pipeline, tmp_path: Path) -> None:
+    images = ImageFolder(write_folder(tmp_path / "s", "hexstar", 3, "a {subject}"), (64, 64))
+    classes = ImageFolder(write_folder(tmp_path / "c", "hexstar", 3, "a star"), (64, 64))
+    cfg = SubjectTrainConfig(steps=3, batch_size=2, warmup=1, ckpt_every=1, log_every=1)
+
+    def adapter() -> SubjectAdapter:
+        return SubjectAdapter(SubjectConfig("sks", "star", 128, lora_rank=2))
+
+    base = logits(pipe)
+    whole = train_subject(pipe, adapter(), cfg, images, tmp_path / "w1", classes=classes, progress=False)
+    assert torch.equal(logits(pipe), base)  # training leaves the transformer as it was
+    from dataclasses import replace
+
+    train_subject(pipe, adapter(), replace(cfg, steps=1), images, tmp_path / "w2", classes=classes,
+                  progress=False)  # fmt: skip
+    resumed = train_subject(pipe, adapter(), cfg, images, tmp_path / "w2", classes=classes, progress=False)
+    assert set(whole.lora) == set(resumed.lora) and whole.lora
+    for k, v in whole.lora.items():
+        assert torch.equal(v, resumed.lora[k]), k
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in whole.lora.items())
+    rows = [json.loads(line) for line in (tmp_path / "w1" / "subject_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and "prior_loss" in rows[0]
