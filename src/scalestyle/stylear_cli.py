@@ -1,4 +1,5 @@
-"""The StyleAR commands (issue 16): ``scalestyle train stylear`` and ``scalestyle stylize --method stylear``.
+"""The StyleAR commands (issue 16): ``scalestyle train stylear``, ``scalestyle train stylear-dpo`` and
+``scalestyle stylize --method stylear``.
 
 Kept apart from :mod:`scalestyle.cli`, which only registers the parser and dispatches here; errors are
 ``ValueError`` lines, as the CLI prints them.
@@ -145,6 +146,128 @@ def add_train_parser(train_sub: Any, formatter: type[argparse.HelpFormatter]) ->
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", default=None, help="cpu, cuda; default: cuda if available")
     p.set_defaults(func=cmd_train)
+    add_dpo_parser(train_sub, formatter)
+
+
+def add_dpo_parser(train_sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    """``train stylear-dpo`` (registered with ``train stylear``)."""
+    p = train_sub.add_parser(
+        "stylear-dpo",
+        help="DPO post-training of a StyleAR adapter: pairs sampled with it, ranked by a reward",
+        formatter_class=formatter,
+    )
+    p.add_argument("--adapter", required=True, help="the adapter to improve (`train stylear` output)")
+    p.add_argument("--out", required=True, help="adapter folder to write (same format)")
+    p.add_argument("--work-dir", default="runs/stylear-dpo", help="checkpoint and log (resumable)")
+    p.add_argument("--model", default=None, help="the frozen base model folder; default: the bundled demo")
+    p.add_argument(
+        "--prompts-file",
+        default=None,
+        help="prompts (what to draw, one per line) crossed with --style-images; default: the world's "
+        "training contents and styles",
+    )
+    p.add_argument(
+        "--style-images", default=None, help="folder of style reference images (with --prompts-file)"
+    )
+    p.add_argument(
+        "--reward",
+        default="auto",
+        choices=["auto", "world", "clip"],
+        help="world: the model folder's content classifier; clip: CLIP-T (--clip); auto: clip with --clip",
+    )
+    p.add_argument("--clip", default=None, help="CLIP folder or hub id for the CLIP-T reward")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps; default: 200")
+    p.add_argument("--pairs", type=int, default=None, help="(prompt, reference) items per step; default: 4")
+    p.add_argument("--samples", type=int, default=None, help="images sampled per item; default: 4")
+    p.add_argument("--beta", type=float, default=None, help="DPO beta; default: 0.1")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate; default: 1e-5")
+    p.add_argument("--min-gap", type=float, default=None, help="least reward gap of a pair; default: 0")
+    p.add_argument(
+        "--reduce", default=None, choices=["sum", "mean"], help="sequence log-likelihood; default: sum"
+    )
+    p.add_argument("--train-resampler", action="store_true", help="train the resampler too (else LoRA only)")
+    p.add_argument("--cfg", type=float, default=None, help="rollouts' guidance; default: 3")
+    p.add_argument(
+        "--noise-strength", type=float, default=None, help="noise on the style tokens; default: 0.3"
+    )
+    p.add_argument("--seed", type=int, default=0, help="data and sampling seed")
+    p.add_argument("--quick", action="store_true", help="a 2-step smoke run (2 items x 2 samples)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", default=None, help="cpu, cuda; default: cuda if available")
+    p.set_defaults(func=cmd_train_dpo)
+
+
+def cmd_train_dpo(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from scalestyle.eval import protocols
+    from scalestyle.images import load_image
+    from scalestyle.locate import model_folder
+    from scalestyle.method.stylear import make_encoder
+    from scalestyle.models.stylear import StyleARAdapter, StyleARSettings
+    from scalestyle.pipeline import Pipeline
+    from scalestyle.train.stylear_dpo import (
+        ClipTReward,
+        ContentJudgeReward,
+        FolderPreferences,
+        PreferenceReward,
+        PreferenceSource,
+        StyleARDPOConfig,
+        WorldPreferences,
+        train_stylear_dpo,
+    )
+
+    cfg = StyleARDPOConfig(seed=args.seed)
+    if args.quick:
+        cfg = replace(cfg, steps=2, pairs=2, samples=2, log_every=1, ckpt_every=1)
+    overrides = {
+        "steps": args.steps,
+        "pairs": args.pairs,
+        "samples": args.samples,
+        "beta": args.beta,
+        "lr": args.lr,
+        "min_gap": args.min_gap,
+        "reduce": args.reduce,
+    }
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if args.train_resampler:
+        cfg = replace(cfg, train_resampler=True)
+    if args.cfg is not None:
+        cfg = replace(cfg, sampling=replace(cfg.sampling, cfg=args.cfg))
+    if args.noise_strength is not None:
+        cfg = replace(cfg, style=StyleARSettings(noise_strength=args.noise_strength))
+    if bool(args.prompts_file) != bool(args.style_images):
+        raise ValueError("--prompts-file and --style-images go together (without both: the world)")
+    kind = args.reward
+    if kind == "auto":
+        kind = "clip" if args.clip else "world"
+    if kind == "clip" and not args.clip:
+        raise ValueError("--reward clip needs --clip (a CLIP folder or hub id)")
+    if kind == "world" and args.prompts_file:
+        raise ValueError("--reward world judges world contents: with --prompts-file give --clip")
+    source: PreferenceSource = WorldPreferences()
+    if args.prompts_file:
+        prompts = protocols.read_prompt_file(args.prompts_file)
+        images = [load_image(path) for path, _ in protocols.style_folder(args.style_images).values()]
+        source = FolderPreferences(tuple(prompts), tuple(images))
+    adapter = StyleARAdapter.load(args.adapter)  # a bad folder is an error before the model loads
+    reward: PreferenceReward
+    if kind == "world":
+        reward = ContentJudgeReward.load(model_folder(args.model))
+    pipe = Pipeline.load(args.model, device=args.device)
+    if kind == "clip":
+        from scalestyle.metrics import CLIPScorer
+
+        reward = ClipTReward(CLIPScorer.from_pretrained(args.clip, device=pipe.device))
+    adapter = adapter.to(pipe.device)
+    encoder = make_encoder(adapter, pipe)
+    trained = train_stylear_dpo(
+        pipe, adapter, encoder, cfg, source, reward, Path(args.work_dir), progress=not args.quiet
+    )
+    out = trained.save(args.out)
+    if not args.quiet:
+        sys.stderr.write(f"wrote the DPO StyleAR adapter {out} ({cfg.steps} steps, beta {cfg.beta})\n")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
