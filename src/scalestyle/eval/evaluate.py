@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -258,12 +259,18 @@ class _References:
 
     def __init__(self) -> None:
         self._last: tuple[Case, Image.Image] | None = None
+        self._mask: tuple[Case, np.ndarray | None] | None = None
         self._digests: dict[str, str] = {}
 
     def image(self, case: Case) -> Image.Image:
         if self._last is None or self._last[0] != case:
             self._last = (case, case.reference())
         return self._last[1]
+
+    def mask(self, case: Case) -> np.ndarray | None:
+        if self._mask is None or self._mask[0] != case:
+            self._mask = (case, case.reference_mask())
+        return self._mask[1]
 
     def identity(self, case: Case) -> str:
         if case.ref_file is None:
@@ -382,7 +389,10 @@ def _evaluate(
             ref = refs.image(case) if method.uses_reference else None
             _sync(pipe.device)
             start = time.perf_counter()
-            request = Request(case.content_prompt, case.style_prompt, ref, case.seed, sampling, case.prompt)
+            mask = refs.mask(case) if method.uses_reference else None
+            request = Request(
+                case.content_prompt, case.style_prompt, ref, case.seed, sampling, case.prompt, ref_mask=mask
+            )
             image = method(pipe, request)
             _sync(pipe.device)
             seconds = time.perf_counter() - start

@@ -21,9 +21,10 @@ painting style"), None meaning ``"<content_prompt> in <style_prompt>"``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -46,6 +47,8 @@ class Request:
     sampling: SamplingConfig
     prompt: str | None = None
     on_scale: Callable[[ScaleEvent], None] | None = None
+    # the reference's object mask where the protocol knows it (StyleAR's SE tokens read it)
+    ref_mask: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def generation_prompt(self) -> str:

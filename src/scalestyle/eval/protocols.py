@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from PIL import Image
 
 from scalestyle.data import procedural as world
-from scalestyle.eval.world import reference_for
+from scalestyle.eval.world import reference_for, reference_sample
 
 ProtocolName = Literal["procedural", "finestyle", "stylear"]
 PROTOCOLS: tuple[str, ...] = ("procedural", "finestyle", "stylear")
@@ -71,6 +72,13 @@ class Case:
             raise ValueError(f"case {self.content}/{self.style} has no reference file")
         with Image.open(self.ref_file) as img:
             return img.convert("RGB")
+
+    def reference_mask(self) -> np.ndarray | None:
+        """The reference's object mask (bool, H x W) where the protocol knows it: the world's silhouette
+        on ``procedural`` (for StyleAR's SE tokens); None for reference files."""
+        if self.protocol != "procedural":
+            return None
+        return reference_sample(self.content, self.style, self.seed).mask
 
 
 def parse_list(text: str | None) -> tuple[str, ...] | None:

@@ -72,11 +72,18 @@ def _cases(
                 yield content, style, seed
 
 
-def reference_for(content: str, style: str, seed: int) -> tuple[str, Image.Image]:
-    """A held-out-style reference showing a different content than the prompt's, from evaluation seeds."""
+def reference_sample(content: str, style: str, seed: int) -> world.Sample:
+    """A held-out-style reference showing a different content than the prompt's, from evaluation seeds,
+    with its object mask."""
     others = [c for c in world.CONTENTS if c != content]
     ref_content = others[(seed * 7 + len(content)) % len(others)]
-    return ref_content, world.render(ref_content, style, world.SPLIT_SEEDS["eval"][seed]).image
+    return world.render(ref_content, style, world.SPLIT_SEEDS["eval"][seed])
+
+
+def reference_for(content: str, style: str, seed: int) -> tuple[str, Image.Image]:
+    """The content and image of :func:`reference_sample`."""
+    sample = reference_sample(content, style, seed)
+    return sample.content, sample.image
 
 
 def evaluate_world(
