@@ -112,3 +112,41 @@ def test_stylear_rows_in_the_procedural_protocol(pipe: Pipeline, tmp_path: Path)
             pipe, cases, out, methods=select_methods("sar", [replace(specs[0])]), sampling=sampling,
             scorers=Scorers(ssim=False),
         )  # fmt: skip
+
+
+def test_evaluate_cli_refuses_stylear_with_transfer_and_bad_specs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scalestyle.cli import main
+
+    folder = save_adapter(tmp_path / "a")
+    base = ["evaluate", "--out", str(tmp_path / "run"), "--quiet"]
+    assert main([*base, "--protocol", "transfer", "--stylear", f"sar={folder}"]) != 0
+    assert "--stylear is for" in capsys.readouterr().err
+    assert main([*base, "--protocol", "procedural", "--stylear", f"sar={tmp_path}"]) != 0
+    assert "not a StyleAR adapter" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # one StyleAR image through `scalestyle evaluate` on the tiny model
+def test_evaluate_cli_runs_a_stylear_method(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    from scalestyle.cli import main
+
+    folder = save_adapter(tmp_path / "a")
+    argv = ["evaluate", "--protocol", "procedural", "--model", str(tiny_model_dir), "--quiet"]
+    argv += [
+        "--stylear",
+        f"sar={folder}:no-se",
+        "--methods",
+        "sar",
+        "--contents",
+        "star",
+        "--styles",
+        "crayon",
+    ]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "rows.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["sar"] and rows[0]["config"]["settings"]["se"] is False
+    assert "sar" in (tmp_path / "run" / "summary.md").read_text()

@@ -571,15 +571,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from scalestyle.batch import check_out_dir
     from scalestyle.eval import protocols
     from scalestyle.eval.evaluate import build_scorers, run_evaluation
-    from scalestyle.eval.methods import get_methods
     from scalestyle.locate import model_folder
 
     if args.protocol == "transfer":
+        if args.stylear:
+            raise CliError("--stylear is for --protocol procedural, finestyle or stylear")
         return _evaluate_transfer(args)
     if args.stylevar or args.adain:
         raise CliError("--stylevar and --adain are for --protocol transfer")
     # everything the user typed is checked before the model loads
-    methods = get_methods(args.methods or DEFAULT_EVAL_METHODS)
+    from scalestyle.eval.stylear_methods import parse_stylear_spec, select_methods
+
+    stylears = [parse_stylear_spec(spec) for spec in args.stylear or ()]
+    methods = select_methods(args.methods, stylears, default=DEFAULT_EVAL_METHODS)
     seeds = args.seeds or (args.seed,)
     contents, styles = protocols.parse_list(args.contents), protocols.parse_list(args.styles)
     if args.protocol == "procedural":
@@ -1159,7 +1163,16 @@ def _evaluate_parser(sub: Subparsers) -> None:
         default=None,
         help=f"comma-separated: plain, prompt-only, stylealigned, a, b, c, d (= ours); default "
         f"{DEFAULT_EVAL_METHODS}. transfer: copy-content, ours (training-free, given the content's "
-        f"caption), and the NAMEs of --stylevar; default {TRANSFER_EVAL_METHODS} and every --stylevar",
+        f"caption), and the NAMEs of --stylevar; default {TRANSFER_EVAL_METHODS} and every --stylevar; "
+        "other protocols: also the NAMEs of --stylear (by default all of them are added)",
+    )
+    p.add_argument(
+        "--stylear",
+        action="append",
+        default=None,
+        metavar="NAME=DIR[:no-se]",
+        help="a StyleAR adapter folder evaluated as method NAME (repeat for several); :no-se: plain "
+        "style tokens where the protocol gives the reference's mask (procedural)",
     )
     p.add_argument(
         "--stylevar",
