@@ -54,9 +54,9 @@ def add_stylize_args(p: argparse.ArgumentParser) -> None:
         help="training-free: the three-path method; stylear: a trained StyleAR adapter (--adapter); "
         "with stylear, --style PATH:WEIGHT references are mixed into one style",
     )
-    p.add_argument(
-        "--adapter", default=None, help="StyleAR adapter folder (config.json, adapter.safetensors)"
-    )
+    from scalestyle.subject_cli import ADAPTER_HELP
+
+    p.add_argument("--adapter", action="append", default=None, metavar="DIR", help=ADAPTER_HELP)
     p.add_argument(
         "--style-scale", type=float, default=1.0, help="StyleAR: strength of the style tokens (0: off)"
     )

@@ -1,0 +1,240 @@
+"""The proxy-tuning commands (issue 18): ``scalestyle train subject``, ``scalestyle teacher`` and the
+subject ``--adapter DIR`` of ``generate`` and ``stylize``.
+
+Kept apart from :mod:`scalestyle.cli`, which only registers the parsers and calls :func:`split_adapters`
+and :func:`with_subjects`; errors are ``ValueError`` lines, as the CLI prints them.
+
+``--adapter`` is one flag for both kinds of adapter folder, told apart by their ``config.json``: subject
+adapters (any number: their LoRAs add up, each prompt naming its subjects) are folded into the loaded
+model's weights before anything runs, so the training-free method and StyleAR work on the adapted
+model unchanged; at most one StyleAR adapter goes with ``stylize --method stylear``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scalestyle.pipeline import Pipeline
+
+ADAPTER_HELP = (
+    "adapter folder: a subject adapter (`scalestyle train subject`; repeat for several subjects) or, "
+    "with stylize --method stylear, one StyleAR adapter"
+)
+
+
+def add_generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", action="append", default=None, metavar="DIR", help=ADAPTER_HELP)
+
+
+def split_adapters(dirs: Sequence[str] | None) -> tuple[str | None, list[str]]:
+    """(the StyleAR adapter or None, the subject adapters) of ``--adapter`` folders, read before any
+    model loads; more than one StyleAR adapter is an error."""
+    from scalestyle.models.subject import adapter_kind
+
+    stylear: list[str] = []
+    subjects: list[str] = []
+    for folder in dirs or ():
+        (stylear if adapter_kind(folder) == "stylear" else subjects).append(folder)
+    if len(stylear) > 1:
+        raise ValueError(f"one StyleAR --adapter at a time, got {len(stylear)}: {', '.join(stylear)}")
+    return (stylear[0] if stylear else None), subjects
+
+
+def subject_adapters(dirs: Sequence[str] | None) -> list[str]:
+    """The subject adapters of a command that takes no StyleAR adapter."""
+    stylear, subjects = split_adapters(dirs)
+    if stylear is not None:
+        raise ValueError(f"--adapter {stylear} is a StyleAR adapter: use it with stylize --method stylear")
+    return subjects
+
+
+def with_subjects(pipe: Pipeline, dirs: Sequence[str] | None) -> Pipeline:
+    """``pipe`` with the subject adapters folded into its transformer for good (the command's process
+    uses nothing else), its ``model_name`` naming them so that image metadata records them."""
+    if not dirs:
+        return pipe
+    from scalestyle.models.infinity import Infinity
+    from scalestyle.models.subject import SubjectAdapter, fold_into
+
+    if not isinstance(pipe.transformer, Infinity):
+        raise ValueError(f"subject adapters are for Infinity models; {pipe.model_name} is not one")
+    adapters = [SubjectAdapter.load(d) for d in dirs]
+    fold_into(pipe.transformer, adapters)
+    names = ", ".join(f"{a.cfg.phrase!r} ({Path(d).resolve()})" for a, d in zip(adapters, dirs, strict=True))
+    pipe.model_name = f"{pipe.model_name} + subject adapters {names}"
+    return pipe
+
+
+# ---- train subject ------------------------------------------------------------------------------------
+def add_train_parser(train_sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    p = train_sub.add_parser(
+        "subject",
+        help="a subject adapter (LoRA) from images of one subject, DreamBooth-style (proxy-tuning)",
+        formatter_class=formatter,
+    )
+    p.add_argument(
+        "--images",
+        required=True,
+        help="the subject's images; captions as in `train folder` with {subject} where the subject goes "
+        "(a teacher folder's images/), images without one get a caption template",
+    )
+    p.add_argument("--token", default="<sks>", help="the identifier prompts name the subject by")
+    p.add_argument("--class-word", required=True, help="what the subject is, e.g. dog (the world: star)")
+    p.add_argument("--out", required=True, help="adapter folder to write")
+    p.add_argument(
+        "--class-images", default=None, help="prior preservation: images of the class (captions optional)"
+    )
+    p.add_argument("--prior-weight", type=float, default=None, help="class loss weight; default: 1.0")
+    p.add_argument("--model", default=None, help="the frozen base model folder; default: the bundled demo")
+    p.add_argument("--work-dir", default="runs/subject", help="checkpoint and log (resumable)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps; default: 300")
+    p.add_argument("--batch-size", type=int, default=None, help="subject images per step; default: 4")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate; default: 1e-3")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    p.add_argument("--alpha", type=int, default=None, help="LoRA alpha; default: the rank (scale 1)")
+    p.add_argument(
+        "--targets",
+        default=None,
+        help="comma-separated block modules, of sa.proj, ca.mat_q, ca.proj, ffn.fc1, ffn.fc2; default: all",
+    )
+    p.add_argument("--seed", type=int, default=0, help="LoRA initialisation and data seed")
+    p.add_argument("--quick", action="store_true", help="a 2-step smoke run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", default=None, help="cpu, cuda; default: cuda if available")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from scalestyle.data.folder import ImageFolder
+    from scalestyle.models.infinity import Infinity
+    from scalestyle.models.subject import DEFAULT_TARGETS, SubjectAdapter, SubjectConfig
+    from scalestyle.pipeline import Pipeline
+    from scalestyle.train.subject import SubjectTrainConfig, train_subject
+
+    cfg = SubjectTrainConfig(seed=args.seed)
+    if args.quick:
+        cfg = replace(cfg, steps=2, batch_size=1, warmup=1, log_every=1, ckpt_every=1)
+    overrides = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "prior_weight": args.prior_weight,
+    }
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    targets = DEFAULT_TARGETS
+    if args.targets:
+        targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    # the adapter's own settings are checked before the model loads (text width filled in after)
+    SubjectConfig(args.token, args.class_word, 1, args.rank, args.alpha, targets)
+    if args.class_images is None and args.prior_weight is not None:
+        raise ValueError("--prior-weight goes with --class-images DIR")
+    pipe = Pipeline.load(args.model, device=args.device)
+    if not isinstance(pipe.transformer, Infinity):
+        raise ValueError(f"subject adapters train on Infinity models; {pipe.model_name} is not one")
+    h, w = pipe.schedule_for().last_grid
+    size_hw = (h * pipe.stride, w * pipe.stride)
+    images = ImageFolder(args.images, size_hw, seed=cfg.seed, uncaptioned="empty")
+    classes = None
+    if args.class_images:
+        classes = ImageFolder(args.class_images, size_hw, seed=cfg.seed + 1, uncaptioned="empty")
+    adapter_cfg = SubjectConfig(
+        args.token, args.class_word, pipe.transformer.cfg.text_channels, args.rank, args.alpha, targets
+    )
+    adapter = SubjectAdapter(adapter_cfg)
+    train_subject(pipe, adapter, cfg, images, Path(args.work_dir), classes=classes, progress=not args.quiet)
+    out = adapter.save(args.out)
+    if not args.quiet:
+        sys.stderr.write(f"wrote the subject adapter {out} ({adapter_cfg.phrase!r}, {cfg.steps} steps)\n")
+    return 0
+
+
+# ---- teacher ------------------------------------------------------------------------------------------
+def add_teacher_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    p = sub.add_parser(
+        "teacher",
+        help="a teacher set of one subject for `train subject`: a diffusers pipeline, or the demo world",
+        formatter_class=formatter,
+    )
+    p.add_argument(
+        "--out", required=True, help="folder to write (images/ with captions; the world: masks/, class/)"
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--world-subject", default=None, help="the demo: a world subject (hexstar, cactus)")
+    source.add_argument(
+        "--subject-images", default=None, help="the subject's photos (IP-Adapter's image prompts)"
+    )
+    p.add_argument("--prompts", default=None, help="diffusers: prompts, one a line, {subject} where it goes")
+    p.add_argument("--class-word", default=None, help="diffusers: what the subject is, e.g. dog")
+    p.add_argument(
+        "--method", default="ip-adapter", choices=["ip-adapter", "dreambooth"], help="diffusers teacher kind"
+    )
+    p.add_argument("--base", default=None, help="diffusers pipeline (hub id or folder); default: SD 1.5")
+    p.add_argument("--token", default="sks", help="dreambooth: the identifier the tuned pipeline knows")
+    p.add_argument("--per-prompt", type=int, default=4, help="diffusers: images per prompt")
+    p.add_argument("--inference-steps", type=int, default=30, help="diffusers: denoising steps")
+    p.add_argument("--size", type=int, default=None, help="image side; default: 512 (diffusers), 64 (world)")
+    p.add_argument("--download", action="store_true", help="diffusers: fetch missing weights from the hub")
+    p.add_argument("--styles", default=None, help="world: comma-separated training styles to show")
+    p.add_argument("--per-style", type=int, default=8, help="world: subject images per style")
+    p.add_argument("--class-per-style", type=int, default=8, help="world: class images per style (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="diffusers: seed; world: seed offset")
+    p.add_argument("--device", default=None, help="diffusers: cpu, cuda; default: cuda if available")
+    p.add_argument("--quiet", action="store_true", help="no summary line")
+    p.set_defaults(func=cmd_teacher)
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from scalestyle import teacher
+
+    if args.world_subject is not None:
+        if args.prompts or args.class_word or args.base:
+            raise ValueError(
+                "--world-subject brings its own prompts and class: no --prompts/--class-word/--base"
+            )
+        styles = teacher.DEFAULT_TEACHER_STYLES
+        if args.styles:
+            styles = tuple(s.strip() for s in args.styles.split(",") if s.strip())
+        cfg = teacher.WorldTeacherConfig(
+            args.world_subject, styles, args.per_style, args.class_per_style, args.size or 64, args.seed
+        )
+        out = teacher.world_teacher(cfg, args.out)
+        n = len(styles) * cfg.per_style
+    else:
+        if not args.prompts or not args.class_word:
+            raise ValueError("--subject-images needs --prompts FILE and --class-word WORD")
+        from scalestyle.data.folder import IMAGE_SUFFIXES
+        from scalestyle.images import load_image
+
+        folder = Path(args.subject_images)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--subject-images {folder}: no such folder")
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"--subject-images {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        prompts = teacher.read_prompts(args.prompts)
+        dcfg = teacher.DiffusersTeacherConfig(
+            args.class_word,
+            args.method,
+            args.base or teacher.SD15,
+            args.token,
+            per_prompt=args.per_prompt,
+            steps=args.inference_steps,
+            size=args.size or 512,
+            seed=args.seed,
+            download=args.download,
+            device=args.device,
+        )
+        out = teacher.diffusers_teacher(
+            dcfg, prompts, args.out, subject_images=[load_image(f) for f in files]
+        )
+        n = len(prompts) * dcfg.per_prompt
+    if not args.quiet:
+        sys.stderr.write(f"wrote the teacher set {out} ({n} subject images)\n")
+    return 0
