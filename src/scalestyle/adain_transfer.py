@@ -10,7 +10,7 @@ against (``vgg_normalised``), not the StyleVAR authors' torchvision VGG-19 ``fea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from scalestyle.config import SamplingConfig
 from scalestyle.images import MAX_SIDE, MIN_SIDE
 from scalestyle.models.adain import AdaIN, AdaINConfig
 from scalestyle.pipeline import pick_device
+from scalestyle.sampling import ScaleEvent
 from scalestyle.transfer import ImageInput, TransferOutput, _as_images, image_sha256
 
 
@@ -100,9 +101,11 @@ class AdaINPipeline:
         strength: float = 0.0,
         sampling: SamplingConfig | None = None,
         controller: AttentionController | None = None,
+        on_scale: Callable[[ScaleEvent], None] | None = None,
     ) -> TransferOutput:
         """One image per (content, style) pair, as :meth:`TransferPipeline.__call__`; AdaIN draws nothing,
-        so ``sampling`` is ignored, and it has no attention, so ``controller`` must be None."""
+        so ``sampling`` is ignored, it has no attention, so ``controller`` must be None, and it has no
+        scales, so ``on_scale`` is never called (taken so both pipelines are called alike)."""
         if controller is not None:
             raise ValueError("AdaIN has no attention layers: a controller cannot be installed")
         alpha = adain_alpha(strength)

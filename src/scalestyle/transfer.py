@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from scalestyle.images import load_image
 from scalestyle.models.stylevar import StyleVAR, TransferInputs
 from scalestyle.models.vqvae import VQVAE
 from scalestyle.pipeline import Pipeline, pick_device
-from scalestyle.sampling import PathPlan
+from scalestyle.sampling import PathPlan, ScaleEvent
 from scalestyle.stylevar_weights import load_stylevar_models, resolve_stylevar_files
 
 # the authors' inference sampling (scripts/run_eval.sh, eval/infer_grpo.py): no CFG, top-k 900, top-p 0.96
@@ -139,8 +139,11 @@ class TransferPipeline:
         strength: float = 0.0,
         sampling: SamplingConfig | None = None,
         controller: AttentionController | None = None,
+        on_scale: Callable[[ScaleEvent], None] | None = None,
     ) -> TransferOutput:
-        """One image per (content, style) pair; one style image is used for every content image."""
+        """One image per (content, style) pair; one style image is used for every content image.
+        ``on_scale`` is called after every scale, as in :meth:`Pipeline.__call__` (an exception it raises
+        stops the transfer there)."""
         sampling = sampling or TRANSFER_SAMPLING
         contents, styles = _as_images(content, "content"), _as_images(style, "style")
         if len(styles) == 1:
@@ -151,7 +154,7 @@ class TransferPipeline:
             )
         schedule = self.pipe.schedule_for()
         plan = PathPlan("gen", self.inputs(contents, styles, strength))
-        summed = self.pipe.run_paths([plan], sampling, schedule, controller)["gen"]
+        summed = self.pipe.run_paths([plan], sampling, schedule, controller, on_scale)["gen"]
         images = self.pipe.decode(summed)
         settings = {**self.pipe.settings(sampling, schedule), "strength": strength}
         meta = [
