@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from scalestyle.cli import CliError, _at_least, _device, _Formatter, _out_png, _quiet
+from scalestyle.cli import _at_least, _Formatter, _quiet
 
 
 def add_transfer_args(p: argparse.ArgumentParser) -> None:
@@ -31,38 +31,6 @@ def add_transfer_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="AdaIN: resize content and style to this shorter side first; default: the images' own sizes",
     )
-
-
-def run_transfer(args: argparse.Namespace) -> int:
-    """``transfer --method adain``; with ``--method stylevar`` it only refuses AdaIN's ``--size``."""
-    from scalestyle.adain_transfer import AdaINPipeline, adain_alpha
-    from scalestyle.images import load_image
-    from scalestyle.locate import model_folder
-    from scalestyle.metadata import write_png
-
-    if args.double_append:
-        raise CliError("--double-append is a StyleVAR setting, not AdaIN's")
-    adain_alpha(args.strength)  # the range check, before anything loads
-    out = _out_png(args.out, args.overwrite)
-    args.device = _device(args.device)
-    content, style = load_image(args.content), load_image(args.style)
-    if args.random_weights:
-        if args.model:
-            raise CliError("--method adain --random-weights builds the public model's size; drop --model")
-        pipe = AdaINPipeline.random(seed=args.seed, device=args.device, size=args.size)
-    else:
-        pipe = AdaINPipeline.load(model_folder(args.model or "adain"), device=args.device, size=args.size)
-    result = pipe(content, style, strength=args.strength)
-    write_png(result.images[0], out, result.metadata[0])
-    if not args.quiet:
-        sys.stderr.write(f"wrote {out} ({result.images[0].width}x{result.images[0].height})\n")
-    return 0
-
-
-def check_stylevar_args(args: argparse.Namespace) -> None:
-    """What ``transfer --method stylevar`` must not be given."""
-    if args.size is not None:
-        raise CliError("--size is an AdaIN setting (--method adain); StyleVAR draws at its model's size")
 
 
 def add_train_parser(train_sub: Any) -> None:

@@ -1,4 +1,5 @@
-"""Resumable batch stylization: one PNG per job (style image x prompt x seed) in an output folder.
+"""Resumable batch runs: one PNG per job in an output folder; a job is (style image x prompt x seed) for
+`stylize` (:class:`StyleJob`) and (content image x style image x seed) for `transfer` (:class:`TransferJob`).
 
 A job is named by a readable slug beside a short hash of what it is (the prompt, the style image's
 content hash, the seed), so two jobs never share a file: prompts that differ only in case, punctuation or
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from PIL import Image
 
@@ -36,6 +37,7 @@ from scalestyle.records import JsonlRows, canonical_json, folder_lock, settings_
 MANIFEST_FILE = "manifest.jsonl"
 SLUG_CHARS = 40
 HASH_CHARS = 10
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def slug(text: str, limit: int = SLUG_CHARS) -> str:
@@ -74,6 +76,64 @@ class StyleJob:
         style = slug(Path(self.style_file).stem, 24) if self.style_file else "text"
         return f"{style}__{slug(self.prompt)}__s{self.seed}__{self.key[:HASH_CHARS]}.png"
 
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records of the job."""
+        return {
+            "prompt": self.prompt,
+            "style_file": self.style_file,
+            "style_sha256": self.style_sha256,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class TransferJob:
+    """One transfer to make: ``content_file`` redrawn in the style of ``style_file``."""
+
+    content_file: str
+    content_sha256: str
+    style_file: str
+    style_sha256: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return settings_hash(
+            {"content_sha256": self.content_sha256, "style_sha256": self.style_sha256, "seed": self.seed}
+        )
+
+    @property
+    def file_name(self) -> str:
+        content, style = slug(Path(self.content_file).stem, 24), slug(Path(self.style_file).stem, 24)
+        return f"{content}__{style}__s{self.seed}__{self.key[:HASH_CHARS]}.png"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "content_file": self.content_file,
+            "content_sha256": self.content_sha256,
+            "style_file": self.style_file,
+            "style_sha256": self.style_sha256,
+            "seed": self.seed,
+        }
+
+
+class Job(Protocol):
+    """What a batch needs of a job: its identity, its file, the style image to decode, its manifest row."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def file_name(self) -> str: ...
+
+    @property
+    def style_file(self) -> str | None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+J = TypeVar("J", bound=Job)
+
 
 def make_jobs(prompts: Sequence[str], style_files: Sequence[str | Path], seed: int) -> list[StyleJob]:
     """Every (style file, prompt) pair in that order (text-only jobs when ``style_files`` is empty); a
@@ -88,6 +148,38 @@ def make_jobs(prompts: Sequence[str], style_files: Sequence[str | Path], seed: i
             raise ValueError(f"{name}: no such file")
     jobs = [StyleJob(p, name, digest, seed) for name, digest in (styles or [(None, None)]) for p in prompts]
     return list({job.key: job for job in jobs}.values())
+
+
+def image_files(paths: Sequence[str | Path], flag: str) -> list[str]:
+    """Each path as given when it is a file; a folder's images (by suffix, sorted by name) in its place."""
+    files: list[str] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ValueError(f"{flag} {path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            files += map(os.fspath, found)
+        elif path.is_file():
+            files.append(os.fspath(path))
+        else:
+            raise ValueError(f"{flag} {path}: no such file or folder")
+    return files
+
+
+def make_transfer_jobs(
+    content_files: Sequence[str | Path], style_files: Sequence[str | Path], seed: int
+) -> list[TransferJob]:
+    """Every (style, content) pair, grouped by style (one style image decoded at a time); a pair repeated
+    (the same images under other names) is kept once."""
+    if not content_files or not style_files:
+        raise ValueError("a transfer batch needs at least one content and one style image")
+    contents = [(os.fspath(f), file_sha256(f)) for f in content_files]
+    jobs: dict[str, TransferJob] = {}
+    for s, s_sha in ((s, file_sha256(s)) for s in style_files):
+        for c, c_sha in contents:
+            job = TransferJob(c, c_sha, os.fspath(s), s_sha, seed)
+            jobs.setdefault(job.key, job)  # the first name a picture goes by names its file
+    return list(jobs.values())
 
 
 def batch_settings(
@@ -107,10 +199,10 @@ def batch_settings(
 
 
 @dataclass(frozen=True)
-class BatchPlan:
+class BatchPlan(Generic[J]):
     out_dir: Path
-    todo: list[StyleJob]
-    done: list[StyleJob]
+    todo: list[J]
+    done: list[J]
     settings: dict[str, Any]
     removed_tmp: list[Path]
 
@@ -138,8 +230,8 @@ def _recorded(path: Path) -> dict[str, str] | None:
 
 
 def plan_batch(
-    out_dir: str | Path, jobs: Sequence[StyleJob], settings: Mapping[str, Any], *, overwrite: bool = False
-) -> BatchPlan:
+    out_dir: str | Path, jobs: Sequence[J], settings: Mapping[str, Any], *, overwrite: bool = False
+) -> BatchPlan[J]:
     """Which jobs are done and which to make. An existing file made by another job, with other settings,
     or not by scalestyle at all is a conflict: without ``overwrite``, a ValueError naming the first one
     and how its settings differ."""
@@ -147,7 +239,8 @@ def plan_batch(
     check_out_dir(out)
     removed = remove_stale_tmp(out)
     want = settings_hash(settings)
-    todo, done = [], []
+    todo: list[J] = []
+    done: list[J] = []
     for job in jobs:
         path = out / job.file_name
         if not path.exists():
@@ -173,8 +266,8 @@ def plan_batch(
 
 @contextlib.contextmanager
 def open_batch(
-    out_dir: str | Path, jobs: Sequence[StyleJob], settings: Mapping[str, Any], *, overwrite: bool = False
-) -> Iterator[BatchPlan]:
+    out_dir: str | Path, jobs: Sequence[J], settings: Mapping[str, Any], *, overwrite: bool = False
+) -> Iterator[BatchPlan[J]]:
     """:func:`plan_batch` with the folder's lock held until the block ends (load the model inside it)."""
     check_out_dir(Path(out_dir))
     with folder_lock(out_dir):
@@ -185,24 +278,23 @@ def _manifest(out_dir: Path) -> JsonlRows:
     return JsonlRows(out_dir / MANIFEST_FILE, lambda row: (row["job"],))
 
 
-def _manifest_row(job: StyleJob, settings: Mapping[str, Any]) -> dict[str, Any]:
+def _manifest_row(job: Job, settings: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "job": job.key,
         "file": job.file_name,
-        "prompt": job.prompt,
-        "style_file": job.style_file,
-        "style_sha256": job.style_sha256,
-        "seed": job.seed,
+        **job.describe(),
         "settings_hash": settings_hash(settings),
         "settings": dict(settings),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
-Make = Callable[[StyleJob, Image.Image | None], tuple[Image.Image, Mapping[str, Any]]]
-
-
-def run_batch(plan: BatchPlan, make: Make, *, progress: Callable[[int, int], None] | None = None) -> int:
+def run_batch(
+    plan: BatchPlan[J],
+    make: Callable[[J, Image.Image | None], tuple[Image.Image, Mapping[str, Any]]],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
     """Make every job of ``plan.todo`` with ``make(job, style_image) -> (image, metadata)`` (the image's
     own metadata, e.g. a :class:`StylePipeline` result's), write it with the job's key and settings, and
     log it in the manifest; done jobs missing from the manifest are logged too. Returns the images made."""

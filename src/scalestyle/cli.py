@@ -168,10 +168,7 @@ def _load(args: argparse.Namespace) -> Pipeline:
         from scalestyle.bench import random_build_summary
 
         sys.stderr.write(random_build_summary(args.model) + "\n")
-    pipe = Pipeline.load(args.model, device=args.device, random_weights=random_weights)
-    from scalestyle import subject_cli
-
-    return subject_cli.with_subjects(pipe, getattr(args, "subject_adapters", None))
+    return Pipeline.load(args.model, device=args.device, random_weights=random_weights)
 
 
 def _note_references(args: argparse.Namespace) -> None:
@@ -196,8 +193,6 @@ def _model_label(args: argparse.Namespace) -> str:
     model = args.model or "demo"
     if Path(model).is_dir():
         model = str(Path(model).resolve())
-    for folder in getattr(args, "subject_adapters", None) or ():
-        model += f" + {Path(folder).resolve()}"
     return f"{model} (random weights)" if args.random_weights else model
 
 
@@ -244,9 +239,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sampling = _sampling(args, parse_aspect(args.aspect))
     out = _out_png(args.out, args.overwrite)
     args.device = _device(args.device)
-    from scalestyle import subject_cli
-
-    args.subject_adapters = subject_cli.subject_adapters(args.adapter)
     pipe = _load(args)
     schedule = pipe.schedule_for(h_div_w=sampling.h_div_w, pn=sampling.pn)
     on_scale = _progress(schedule.num_scales, "generate", not args.quiet)
@@ -286,9 +278,6 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     if args.text_only and args.style_prompt is None:
         raise CliError("--text-only needs --style-prompt: the style is then given in words only")
     _text(args.style_prompt, "--style-prompt")
-    from scalestyle import subject_cli
-
-    args.adapter, args.subject_adapters = subject_cli.split_adapters(args.adapter)
     if not args.quiet:
         _note_references(args)
     if args.method == "stylear":
@@ -298,7 +287,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         sampling = _sampling(args, parse_aspect(args.aspect))
         return stylear_cli.stylize(args, prompts, sampling, lambda: _load(args))
     if args.adapter:
-        raise CliError(f"--adapter {args.adapter} is a StyleAR adapter: it goes with --method stylear")
+        raise CliError("--adapter goes with --method stylear")
     if args.out and args.out_dir:
         raise CliError("give either --out FILE.png (one image) or --out-dir DIR (a batch), not both")
     if not args.out and not args.out_dir:
@@ -896,9 +885,6 @@ def _generate_parser(sub: Subparsers) -> None:
     _quiet(p)
     _model_args(p)
     _sampling_args(p)
-    from scalestyle.subject_cli import add_generate_args
-
-    add_generate_args(p)
     p.set_defaults(func=cmd_generate, conditioning=tuple(conditioning))
 
 
@@ -996,9 +982,6 @@ def _train_parser(sub: Subparsers) -> None:
 
     add_train_parser(train_sub, _Formatter)
     add_grpo_parser(train_sub, _Formatter, _at_least)
-    from scalestyle import subject_cli
-
-    subject_cli.add_train_parser(train_sub, _Formatter)
 
 
 def _train_stylevar_sft_parser(train_sub: Subparsers) -> None:
@@ -1439,9 +1422,6 @@ def build_parser() -> argparse.ArgumentParser:
         _serve_parser,
     ):
         add(sub)
-    from scalestyle import subject_cli
-
-    subject_cli.add_teacher_parser(sub, _Formatter)
     return parser
 
 
