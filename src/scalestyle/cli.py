@@ -168,7 +168,10 @@ def _load(args: argparse.Namespace) -> Pipeline:
         from scalestyle.bench import random_build_summary
 
         sys.stderr.write(random_build_summary(args.model) + "\n")
-    return Pipeline.load(args.model, device=args.device, random_weights=random_weights)
+    pipe = Pipeline.load(args.model, device=args.device, random_weights=random_weights)
+    from scalestyle import subject_cli
+
+    return subject_cli.with_subjects(pipe, getattr(args, "subject_adapters", None))
 
 
 def _note_references(args: argparse.Namespace) -> None:
@@ -193,6 +196,8 @@ def _model_label(args: argparse.Namespace) -> str:
     model = args.model or "demo"
     if Path(model).is_dir():
         model = str(Path(model).resolve())
+    for folder in getattr(args, "subject_adapters", None) or ():
+        model += f" + {Path(folder).resolve()}"
     return f"{model} (random weights)" if args.random_weights else model
 
 
@@ -239,6 +244,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sampling = _sampling(args, parse_aspect(args.aspect))
     out = _out_png(args.out, args.overwrite)
     args.device = _device(args.device)
+    from scalestyle import subject_cli
+
+    args.subject_adapters = subject_cli.subject_adapters(args.adapter)
     pipe = _load(args)
     schedule = pipe.schedule_for(h_div_w=sampling.h_div_w, pn=sampling.pn)
     on_scale = _progress(schedule.num_scales, "generate", not args.quiet)
@@ -278,6 +286,9 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     if args.text_only and args.style_prompt is None:
         raise CliError("--text-only needs --style-prompt: the style is then given in words only")
     _text(args.style_prompt, "--style-prompt")
+    from scalestyle import subject_cli
+
+    args.adapter, args.subject_adapters = subject_cli.split_adapters(args.adapter)
     if not args.quiet:
         _note_references(args)
     if args.method == "stylear":
@@ -287,7 +298,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         sampling = _sampling(args, parse_aspect(args.aspect))
         return stylear_cli.stylize(args, prompts, sampling, lambda: _load(args))
     if args.adapter:
-        raise CliError("--adapter goes with --method stylear")
+        raise CliError(f"--adapter {args.adapter} is a StyleAR adapter: it goes with --method stylear")
     if args.out and args.out_dir:
         raise CliError("give either --out FILE.png (one image) or --out-dir DIR (a batch), not both")
     if not args.out and not args.out_dir:
@@ -885,6 +896,9 @@ def _generate_parser(sub: Subparsers) -> None:
     _quiet(p)
     _model_args(p)
     _sampling_args(p)
+    from scalestyle.subject_cli import add_generate_args
+
+    add_generate_args(p)
     p.set_defaults(func=cmd_generate, conditioning=tuple(conditioning))
 
 
@@ -982,6 +996,9 @@ def _train_parser(sub: Subparsers) -> None:
 
     add_train_parser(train_sub, _Formatter)
     add_grpo_parser(train_sub, _Formatter, _at_least)
+    from scalestyle import subject_cli
+
+    subject_cli.add_train_parser(train_sub, _Formatter)
 
 
 def _train_stylevar_sft_parser(train_sub: Subparsers) -> None:
@@ -1255,80 +1272,10 @@ def _download_parser(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_download)
 
 
-def cmd_transfer(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from scalestyle import adain_cli
-    from scalestyle.images import load_image
-    from scalestyle.locate import model_folder
-    from scalestyle.metadata import write_png
-    from scalestyle.transfer import TRANSFER_SAMPLING, TransferPipeline
-
-    if args.method == "adain":
-        return adain_cli.run_transfer(args)
-    adain_cli.check_stylevar_args(args)
-    if not -1 <= args.strength <= 1:
-        raise CliError(f"--strength must be in [-1, 1], got {args.strength}")
-    out = _out_png(args.out, args.overwrite)
-    args.device = _device(args.device)
-    sampling = replace(TRANSFER_SAMPLING, seed=args.seed, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
-    content, style = load_image(args.content), load_image(args.style)
-    if args.random_weights:
-        pipe = TransferPipeline.random(args.model or "stylevar-d20", seed=args.seed, device=args.device)
-    else:
-        folder = model_folder(args.model or "stylevar")
-        pipe = TransferPipeline.load(
-            folder, variant=args.variant, device=args.device, double_append=args.double_append
-        )
-    result = pipe(content, style, strength=args.strength, sampling=sampling)
-    write_png(result.images[0], out, result.metadata[0])
-    if not args.quiet:
-        sys.stderr.write(f"wrote {out} ({result.images[0].width}x{result.images[0].height})\n")
-    return 0
-
-
 def _transfer_parser(sub: Subparsers) -> None:
-    from scalestyle.config import STYLEVAR_PRESETS
-    from scalestyle.transfer import TRANSFER_SAMPLING
+    from scalestyle import transfer_cli
 
-    p = sub.add_parser(
-        "transfer",
-        help="redraw a content image in a style image's style (StyleVAR, or the AdaIN baseline)",
-        formatter_class=_Formatter,
-    )
-    from scalestyle import adain_cli
-
-    adain_cli.add_transfer_args(p)
-    p.add_argument("--content", required=True, help="the content image")
-    p.add_argument("--style", required=True, help="the style reference image")
-    p.add_argument("--out", required=True, help="output .png (an existing file needs --overwrite)")
-    p.add_argument(
-        "--strength", type=float, default=0.0, help="style strength in [-1, 1] (shifts every alpha)"
-    )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="StyleVAR folder (from `scalestyle download stylevar`); with --random-weights a preset "
-        f"({', '.join(STYLEVAR_PRESETS)}); default: $SCALESTYLE_HOME/stylevar",
-    )
-    p.add_argument(
-        "--variant",
-        choices=["grpo", "sft"],
-        default=None,
-        help="which released checkpoint; default: a trained folder's own, else grpo",
-    )
-    p.add_argument(
-        "--double-append", action="store_true", help="sample with the authors' KV cache (history keys twice)"
-    )
-    p.add_argument("--random-weights", action="store_true", help="a preset with random weights (timing)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1; default: cuda if available")
-    p.add_argument("--seed", type=int, default=TRANSFER_SAMPLING.seed, help="random seed of the sampler")
-    p.add_argument("--cfg", type=float, default=TRANSFER_SAMPLING.cfg, help="CFG ramp on the style (0: off)")
-    p.add_argument("--top-k", type=int, default=TRANSFER_SAMPLING.top_k, help="top-k sampling (0: off)")
-    p.add_argument("--top-p", type=float, default=TRANSFER_SAMPLING.top_p, help="nucleus sampling (1: off)")
-    _overwrite(p)
-    _quiet(p)
-    p.set_defaults(func=cmd_transfer)
+    transfer_cli.add_parser(sub, _Formatter)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -1422,6 +1369,9 @@ def build_parser() -> argparse.ArgumentParser:
         _serve_parser,
     ):
         add(sub)
+    from scalestyle import subject_cli
+
+    subject_cli.add_teacher_parser(sub, _Formatter)
     return parser
 
 
