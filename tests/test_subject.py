@@ -157,3 +157,14 @@ def test_resume_gives_the_uninterrupted_weights(pipe: Pipeline, tmp_path: Path) 
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in whole.lora.items())
     rows = [json.loads(line) for line in (tmp_path / "w1" / "subject_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and "prior_loss" in rows[0]
+
+
+def test_world_instruments_find_the_drawn_shape() -> None:
+    from scalestyle.eval.subject import mask_iou, nearest_shape, object_mask, shape_iou
+
+    hexstar = world.render_subject("hexstar", "plain", world.EVAL_SEEDS[0])
+    star = world.render("star", "pop art", world.EVAL_SEEDS[1])
+    assert mask_iou(object_mask(hexstar.image), hexstar.mask) > 0.9
+    assert nearest_shape(object_mask(hexstar.image), "hexstar") == "hexstar"
+    assert nearest_shape(object_mask(star.image), "hexstar") == "star"
+    assert shape_iou(star.mask, "star") > shape_iou(star.mask, "hexstar")

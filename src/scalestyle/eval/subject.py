@@ -9,6 +9,9 @@ subject's shape, and the prompt's style?
   bounding box, centred in a square and resized to 32 x 32, and the best IoU over 24 posed renders of the
   shape (its rotations and mirrors) counts. ``shape_iou(mask, "hexstar")`` against
   ``shape_iou(mask, "star")`` tells the subject from its class.
+- :func:`nearest_shape`: which of the subject and every world content a mask matches best (pose-free
+  IoU); the subject rate counts images whose nearest shape is the subject. A blob is nearer the circle
+  than the hexstar, so this is stricter than comparing the subject with its class alone.
 - Prompt fidelity: the bundled style classifier (:class:`scalestyle.eval.world.Judges`) reads the style.
 """
 
@@ -88,18 +91,29 @@ def shape_iou(mask: np.ndarray, shape: str) -> float:
     return max(mask_iou(m, ref) for ref in _references(shape))
 
 
+def nearest_shape(mask: np.ndarray, subject: str) -> str:
+    """The best-matching shape among ``subject`` and :data:`~scalestyle.data.procedural.CONTENTS`."""
+    shapes = (subject, *world.CONTENTS)
+    ious = [shape_iou(mask, s) for s in shapes]
+    return shapes[int(np.argmax(ious))]
+
+
 @dataclass(frozen=True)
 class SubjectScore:
-    """One image's scores: IoU with the subject and with its class (pose removed), the style read."""
+    """One image's scores: IoU with the subject and with its class (pose removed), the nearest shape of
+    the subject and the contents, the style read."""
 
     iou_subject: float
     iou_class: float
+    nearest: str
     pred_style: str
     p_style: float
 
     @property
     def is_subject(self) -> bool:
-        return self.iou_subject > self.iou_class
+        return self.nearest == self.subject_name
+
+    subject_name: str = ""
 
 
 def score_images(
@@ -122,8 +136,10 @@ def score_images(
             SubjectScore(
                 shape_iou(mask, subject),
                 shape_iou(mask, cls),
+                nearest_shape(mask, subject),
                 pred[i],
                 float(probs[i, world.STYLES.index(style)]),
+                subject,
             )
         )
     return out
