@@ -523,7 +523,8 @@ def train_stylear_dpo(
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            logs = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+            if logs and accelerator.is_main_process:
                 n = max(int(valid.sum()), 1)
                 m = margin_P.detach().float()
                 row = {
