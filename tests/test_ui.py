@@ -1,9 +1,11 @@
 """The web UI (scalestyle.ui.app, `scalestyle serve`): settings, the jobs under the page (CLI checks and
-messages, per-scale progress, timeout, PNG metadata), and, in a headless Chromium against a real server
-subprocess, stylize, an oversized upload, votes and their tally, and votes surviving a killed server."""
+messages, per-scale progress of stylize, StyleAR and transfer, timeout, PNG metadata), the rater id, and, in
+a headless Chromium against a real server subprocess, stylize, an oversized upload, votes and their tally,
+and votes and the one-ballot rule surviving a killed server."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,16 @@ from PIL import Image
 from scalestyle.cli import CliError, main
 from scalestyle.config import SamplingConfig
 from scalestyle.metadata import read_png_metadata
-from scalestyle.ui.app import STYLIZE_METHODS, Jobs, JobTimeout, StylizeJob, UIConfig, build_app, gallery
+from scalestyle.ui.app import (
+    STYLIZE_METHODS,
+    Jobs,
+    JobTimeout,
+    StylizeJob,
+    UIConfig,
+    build_app,
+    gallery,
+    rater_id,
+)
 from scalestyle.ui.study import Study, StudyItem, open_study
 from tests.ui_harness import (
     Server,
@@ -104,12 +115,128 @@ def test_app_builds_without_loading_or_writing(tmp_path: Path) -> None:
     assert transfer.visible is False  # no StyleVAR model configured
 
 
-def test_serve_cli_refuses_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_cli_refuses_bad_flags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["serve", "--max-upload-mb", "0"]) == 2
     assert "--max-upload-mb must be > 0, got 0.0" in capsys.readouterr().err
     assert main(["serve", "--model", "no-such-model"]) == 2
     assert "--model 'no-such-model': no model folder" in capsys.readouterr().err
     assert main(["serve", "--port", "0"]) == 2
+    capsys.readouterr()
+    assert main(["serve", "--stylear-adapter", str(tmp_path)]) == 2
+    assert (
+        "not a StyleAR adapter folder (needs config.json and adapter.safetensors" in capsys.readouterr().err
+    )
+
+
+def test_rater_is_the_name_else_a_browser_id_of_the_pages_making_else_the_session() -> None:
+    browser = "0123456789abcdef" * 2
+    assert rater_id(" Ada ", browser, "s1") == "name:Ada"
+    assert rater_id("", browser, "s1") == rater_id(" ", browser, "s2") == f"browser:{browser}"
+    for forged in ("", "x" * 32, browser + "0", "name:Ada", browser.upper()):
+        assert rater_id("", forged, "s1") == "session:s1"
+
+
+# -- StyleAR, on the tiny model with a tiny adapter ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.test_stylear import tiny_adapter
+
+    return tiny_adapter().save(tmp_path_factory.mktemp("stylear") / "adapter")
+
+
+def test_stylear_is_a_method_only_with_an_adapter(adapter_dir: Path, tmp_path: Path) -> None:
+    assert "stylear" not in Jobs(UIConfig()).stylize_methods
+    cfg = UIConfig(outputs=tmp_path / "out", stylear_adapter=adapter_dir)
+    jobs = Jobs(cfg)
+    assert list(jobs.stylize_methods) == [*STYLIZE_METHODS, "stylear"]
+    demo = build_app(cfg, jobs)
+    (choices,) = (getattr(b, "choices", []) for b in demo.blocks.values() if b.elem_id == "sty-method")
+    assert [c[0] for c in choices] == [*STYLIZE_METHODS, "stylear"]
+    with pytest.raises(CliError, match=r"--method stylear needs at least one --style REF.png"):
+        jobs.stylize(
+            StylizeJob("a house", None, "neon style", SamplingConfig()), method="stylear", text_only=True
+        )
+    assert jobs._pipe is None  # refused before the model loads
+
+
+def test_stylear_stylizes_an_upload_reporting_every_scale(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path
+) -> None:
+    cfg = UIConfig(model=str(tiny_model_dir), device="cpu", outputs=tmp_path, stylear_adapter=adapter_dir)
+    jobs = Jobs(cfg)
+    ref = Image.open(_noise(tmp_path / "ref.png", 64)).convert("RGB")
+    seen: list[tuple[int, int, str]] = []
+    job = StylizeJob("a star", ref, "neon style", SamplingConfig(seed=3), style_scale=2.0, noise_strength=0.0)
+    out = jobs.stylize(job, method="stylear", style_file="ref.png", progress=lambda *a: seen.append(a))
+    total = seen[0][1]
+    assert [s[0] for s in seen] == list(range(1, total + 1)) and seen[-1][
+        2
+    ] == f"stylize: scale {total}/{total}"
+    meta = read_png_metadata(out)
+    assert meta["method"] == "stylear" and meta["prompt"] == "a star in neon style" and meta["seed"] == "3"
+    style = json.loads(meta["style"])
+    assert style["scale"] == 2.0 and style["noise_strength"] == 0.0 and meta["style_file"] == "ref.png"
+    with pytest.raises(ValueError, match=r"scale must be in \[0.0, 100.0\], got -1.0"):
+        jobs.stylize(replace_job(job, style_scale=-1.0), method="stylear")
+
+
+def replace_job(job: StylizeJob, **changes: Any) -> StylizeJob:
+    from dataclasses import replace
+
+    return replace(job, **changes)
+
+
+# -- transfer: every scale reported, the timeout between scales ---------------------------------------------
+
+
+def test_transfer_pipelines_report_each_scale_once_in_order(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    import torch
+
+    from scalestyle.adain_transfer import AdaINPipeline
+    from scalestyle.sampling import ScaleEvent
+    from scalestyle.transfer import TRANSFER_SAMPLING, TransferPipeline
+    from tests.test_adain import tiny_adain
+
+    content, style = _noise(tmp_path / "c.png", 32, 1), _noise(tmp_path / "s.png", 32, 2)
+    pipe = TransferPipeline.random("stylevar-tiny", device="cpu")
+    sampling = replace(TRANSFER_SAMPLING, top_k=0)  # the tiny codebook has 64 entries
+    events: list[ScaleEvent] = []
+    pipe(content, style, sampling=sampling, on_scale=events.append)
+    assert [e.scale for e in events] == list(range(pipe.pipe.schedule_for().num_scales))
+    assert all(set(e.tokens) == {"gen"} for e in events)
+    adain: list[ScaleEvent] = []
+    AdaINPipeline(tiny_adain(), "tiny", torch.device("cpu"))(content, style, on_scale=adain.append)
+    assert adain == []  # AdaIN has no scales
+
+
+def test_transfer_job_reports_every_scale_and_times_out(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from scalestyle.transfer import TRANSFER_SAMPLING
+
+    cfg = UIConfig(
+        transfer_model="stylevar-tiny", transfer_random_weights=True, device="cpu", outputs=tmp_path / "out"
+    )
+    jobs = Jobs(cfg)
+    content, style = _noise(tmp_path / "c.png", 32, 1), _noise(tmp_path / "s.png", 32, 2)
+    sampling = replace(TRANSFER_SAMPLING, top_k=0)
+    seen: list[tuple[int, int, str]] = []
+    out = jobs.transfer(str(content), str(style), sampling=sampling, progress=lambda *a: seen.append(a))
+    total = seen[0][1]
+    assert total > 1 and [s[0] for s in seen] == list(range(1, total + 1))
+    assert seen[-1][2] == f"transfer: scale {total}/{total}"
+    assert json.loads(read_png_metadata(out)["settings"])["strength"] == 0.0
+    hurried = Jobs(replace_config(cfg, timeout_s=1e-9))
+    hurried._transfer = jobs._transfer
+    with pytest.raises(
+        JobTimeout, match=r"transfer ran over this server's limit of 1e-09 s .* at scale 1 of"
+    ):
+        hurried.transfer(str(content), str(style), sampling=sampling)
+    assert gallery(cfg.outputs) == [out]  # a stopped transfer writes nothing
 
 
 # -- jobs on the demo model ---------------------------------------------------------------------------------
@@ -270,7 +397,9 @@ def test_browser_oversized_upload_is_refused(server: Server, browser: Any, tmp_p
 
 @pytest.mark.slow
 @needs_browser
-def test_browser_votes_tally_and_survive_a_killed_server(server: Server, browser: Any) -> None:
+def test_browser_votes_tally_and_one_ballot_rule_survive_a_killed_server(
+    server: Server, browser: Any
+) -> None:
     assert vote_all(browser, server.url, "pilot") == 3
     before = tally_on_page(browser, server.url, server.token, "pilot")
     assert len(before) == 2 * len(METHODS)
@@ -278,7 +407,11 @@ def test_browser_votes_tally_and_survive_a_killed_server(server: Server, browser
     assert sum(v for (c, _), v in before.items() if c == "style") == 3
     stored = open_study(server.studies, "pilot").votes()
     assert len(stored) == 6 and {r for r, *_ in stored} == {stored[0][0]}  # one rater, this browser
+    assert stored[0][0].startswith("browser:")  # the id kept in the browser, not the session
     server.kill()  # SIGKILL right after the last vote
     server.start()
     assert tally_on_page(browser, server.url, server.token, "pilot") == before
+    assert open_study(server.studies, "pilot").votes() == stored
+    # the same browser after the restart: a new session, the same rater, so no item is offered again
+    assert vote_all(browser, server.url, "pilot") == 0
     assert open_study(server.studies, "pilot").votes() == stored

@@ -1292,6 +1292,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             and not (flag == "--transfer-model" and args.transfer_random_weights)
         ):
             raise CliError(f"{flag} {value!r}: no model folder at {model_folder(value)}")
+    if args.stylear_adapter is not None:
+        from scalestyle.models.stylear import CONFIG_FILE, WEIGHTS_FILE
+
+        folder = Path(args.stylear_adapter)
+        if not all((folder / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE)):
+            raise CliError(
+                f"--stylear-adapter {args.stylear_adapter!r}: not a StyleAR adapter folder (needs "
+                f"{CONFIG_FILE} and {WEIGHTS_FILE}, as `scalestyle train stylear` writes)"
+            )
     args.device = _device(args.device)
     try:
         from scalestyle.ui.app import UIConfig, serve
@@ -1302,6 +1311,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         device=args.device,
         transfer_model=args.transfer_model,
         transfer_random_weights=args.transfer_random_weights,
+        stylear_adapter=Path(args.stylear_adapter) if args.stylear_adapter else None,
         host=args.host,
         port=args.port,
         concurrency=args.concurrency,
@@ -1333,6 +1343,12 @@ def _serve_parser(sub: Subparsers) -> None:
         "--transfer-random-weights",
         action="store_true",
         help="--transfer-model names a StyleVAR preset built with random weights (tests)",
+    )
+    p.add_argument(
+        "--stylear-adapter",
+        "--adapter",
+        default=None,
+        help="StyleAR adapter folder (stylize's --adapter): adds the stylear method to Stylize",
     )
     p.add_argument("--concurrency", type=_at_least(1), default=1, help="model jobs the queue runs at once")
     p.add_argument(

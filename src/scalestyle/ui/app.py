@@ -1,14 +1,16 @@
 """The web UI of `scalestyle serve`: a Gradio app over the Python API with the CLI's argument names.
 
 Tabs: Generate (:class:`scalestyle.pipeline.Pipeline`), Stylize (:class:`scalestyle.method.style.
-StylePipeline`, or StyleAligned from :mod:`scalestyle.eval.methods`), Transfer
+StylePipeline`, StyleAligned from :mod:`scalestyle.eval.methods`, or with a StyleAR adapter configured
+:class:`scalestyle.method.stylear.StyleARPipeline`), Transfer
 (:class:`scalestyle.transfer.TransferPipeline`, only with a StyleVAR model configured), Gallery (this
 server's outputs and their metadata) and Study (:mod:`scalestyle.ui.study`).
 
 Every input is checked as the CLI checks it and a rejected one is one message with the CLI's text. Jobs wait
 in Gradio's bounded queue (``queue_size``; a full queue refuses with Gradio's "Queue is full" message);
 the model runs one job at a time, because a style job installs its attention controller on the shared model;
-a job is stopped between scales once it has run ``timeout_s`` seconds. Uploads above ``max_upload_bytes``
+a job (a transfer too) reports every scale and is stopped between scales once it has run ``timeout_s``
+seconds. Uploads above ``max_upload_bytes``
 are refused by Gradio before they reach a handler, and again by the handler (for clients that bypass the
 page). Written images are RGB PNGs with their prompt, seed, settings and model in the metadata
 (:func:`scalestyle.metadata.write_png`), in ``outputs``.
@@ -20,6 +22,7 @@ import functools
 import hmac
 import json
 import os
+import re
 import secrets
 import threading
 import time
@@ -47,6 +50,7 @@ from scalestyle.ui.study import (
 from scalestyle.weights import WeightsError
 
 if TYPE_CHECKING:
+    from scalestyle.method.stylear import StyleARPipeline
     from scalestyle.pipeline import Pipeline
     from scalestyle.sampling import ScaleEvent
     from scalestyle.transfer import TransferPipeline
@@ -69,6 +73,7 @@ class UIConfig:
     device: str | None = None
     transfer_model: str | None = None
     transfer_random_weights: bool = False
+    stylear_adapter: Path | None = None
     host: str = "127.0.0.1"
     port: int = 7860
     concurrency: int = 1
@@ -142,6 +147,8 @@ class StylizeJob:
     key_steps: tuple[int, ...] = (2, 3)
     fine_steps: tuple[int, ...] | None = None
     steps_convention: str = "B"
+    style_scale: float = 1.0
+    noise_strength: float = 0.3
 
 
 StylizeRun = Callable[
@@ -198,8 +205,9 @@ def _stylealigned(
 
 
 STYLIZE_METHODS: Mapping[str, StylizeRun] = {"training-free": _training_free, "stylealigned": _stylealigned}
-"""The Stylize tab's methods by the name it shows. A trained method (StyleAR) joins as one more entry; the
-ablation and stage settings are the training-free method's."""
+"""The Stylize tab's methods that need no trained weights, by the name it shows; a server with a StyleAR
+adapter adds ``"stylear"`` (:attr:`Jobs.stylize_methods`). The ablation and stage settings are the
+training-free method's, ``style_scale`` and ``noise_strength`` StyleAR's."""
 
 
 class Jobs:
@@ -210,6 +218,37 @@ class Jobs:
         self._lock = threading.Lock()
         self._pipe: Pipeline | None = None
         self._transfer: TransferPipeline | None = None
+        self._stylear: StyleARPipeline | None = None
+
+    @property
+    def stylize_methods(self) -> Mapping[str, StylizeRun]:
+        """The Stylize tab's methods on this server: :data:`STYLIZE_METHODS`, and StyleAR when the server
+        has an adapter."""
+        if self.config.stylear_adapter is None:
+            return STYLIZE_METHODS
+        return {**STYLIZE_METHODS, "stylear": self._run_stylear}
+
+    def _run_stylear(
+        self, pipe: Pipeline, job: StylizeJob, on_scale: Callable[[ScaleEvent], None]
+    ) -> tuple[Image.Image, dict[str, Any]]:
+        """StyleAR as `scalestyle stylize --method stylear` with one reference (the adapter loads with the
+        first StyleAR job, onto the model it fits)."""
+        from scalestyle.method.stylear import StyleARPipeline
+        from scalestyle.models.stylear import StyleARSettings
+
+        settings = StyleARSettings(scale=job.style_scale, noise_strength=job.noise_strength)
+        if self._stylear is None or self._stylear.pipe is not pipe:
+            assert self.config.stylear_adapter is not None  # only listed when configured
+            self._stylear = StyleARPipeline.load(pipe, self.config.stylear_adapter)
+        out = self._stylear(
+            job.prompt,
+            job.reference,
+            style_prompt=job.style_prompt,
+            style=settings,
+            sampling=job.sampling,
+            on_scale=on_scale,
+        )
+        return out.images[0], out.metadata[0]
 
     @property
     def transfer_enabled(self) -> bool:
@@ -235,6 +274,23 @@ class Jobs:
                 self._transfer = TransferPipeline.load(name, device=self.config.device)
         return self._transfer
 
+    def _timer(self, what: str, total: int, progress: Progress | None) -> Callable[[ScaleEvent], None]:
+        """The ``on_scale`` of one job of ``total`` scales: reports each scale and raises
+        :class:`JobTimeout` after the first scale that ends past ``timeout_s`` (the clock starts here)."""
+        start = time.monotonic()
+
+        def on_scale(event: ScaleEvent) -> None:
+            done = event.scale + 1
+            if progress is not None:
+                progress(done, total, f"{what}: scale {done}/{total}")
+            if time.monotonic() - start > self.config.timeout_s:
+                raise JobTimeout(
+                    f"{what} ran over this server's limit of {self.config.timeout_s:g} s (--timeout-s) "
+                    f"and was stopped at scale {done} of {total}"
+                )
+
+        return on_scale
+
     def _run(
         self,
         what: str,
@@ -246,19 +302,7 @@ class Jobs:
         with self._lock:
             pipe = self._load_pipe()
             total = pipe.schedule_for(h_div_w=sampling.h_div_w, pn=sampling.pn).num_scales
-            start = time.monotonic()
-
-            def on_scale(event: ScaleEvent) -> None:
-                done = event.scale + 1
-                if progress is not None:
-                    progress(done, total, f"{what}: scale {done}/{total}")
-                if time.monotonic() - start > self.config.timeout_s:
-                    raise JobTimeout(
-                        f"{what} ran over this server's limit of {self.config.timeout_s:g} s (--timeout-s) "
-                        f"and was stopped at scale {done} of {total}"
-                    )
-
-            return job(pipe, on_scale)
+            return job(pipe, self._timer(what, total, progress))
 
     def check_upload(self, path: str | None, flag: str) -> str | None:
         """``path`` when its file is within the upload limit (the CLI's flag names the input)."""
@@ -318,16 +362,19 @@ class Jobs:
         style_file: str = "",
         progress: Progress | None = None,
     ) -> Path:
-        """Stylize as `scalestyle stylize` with one of :data:`STYLIZE_METHODS` (the same checks, in the same
+        """Stylize as `scalestyle stylize` with one of :attr:`stylize_methods` (the same checks, in the same
         words). Returns the written PNG."""
-        run = STYLIZE_METHODS.get(method)
+        methods = self.stylize_methods
+        run = methods.get(method)
         if run is None:
-            raise CliError(f"method {method!r} is not one of {list(STYLIZE_METHODS)}")
+            raise CliError(f"method {method!r} is not one of {list(methods)}")
         _text(job.prompt, "--prompt")
         if job.reference is None and not text_only:
             raise CliError(
                 "give a reference image with --style REF.png (or --text-only to use the style prompt)"
             )
+        if job.reference is None and method == "stylear":
+            raise CliError("--method stylear needs at least one --style REF.png[:WEIGHT]")
         if job.reference is not None and text_only:
             raise CliError("--text-only takes no --style image")
         if text_only and job.style_prompt is None:
@@ -345,8 +392,8 @@ class Jobs:
         sampling: SamplingConfig | None = None,
         progress: Progress | None = None,
     ) -> Path:
-        """Redraw ``content`` in ``style``'s style as `scalestyle transfer` (StyleVAR). Progress is the
-        start and the end only: the transfer pipeline reports no scales."""
+        """Redraw ``content`` in ``style``'s style as `scalestyle transfer` (StyleVAR), reporting every scale
+        and stopped between scales after ``timeout_s`` as the other jobs."""
         from scalestyle.images import load_image
         from scalestyle.transfer import TRANSFER_SAMPLING
 
@@ -356,9 +403,8 @@ class Jobs:
         content_img, style_img = load_image(content), load_image(style)
         with self._lock:
             pipe = self._load_transfer()
-            if progress is not None:
-                progress(0, 1, "transfer")
-            result = pipe(content_img, style_img, strength=strength, sampling=sampling)
+            on_scale = self._timer("transfer", pipe.pipe.schedule_for().num_scales, progress)
+            result = pipe(content_img, style_img, strength=strength, sampling=sampling, on_scale=on_scale)
         return self._save(result.images[0], result.metadata[0], "transfer")
 
     def study_from_methods(
@@ -447,6 +493,43 @@ def tally_rows(shares: Sequence[Share]) -> list[list[Any]]:
 
 
 TALLY_HEADERS = ["criterion", "method", "votes", "of", "share %", "95% CI low %", "95% CI high %"]
+
+
+RATER_KEY = "scalestyle-rater-id"
+"""The browser's ``localStorage`` key of its rater id (:data:`RATER_JS`)."""
+
+RATER_JS = f"""(study, name, browser) => {{
+  let id = "";
+  try {{
+    id = window.localStorage.getItem("{RATER_KEY}") || "";
+    if (!/^[0-9a-f]{{32}}$/.test(id)) {{
+      const bytes = new Uint8Array(16);
+      window.crypto.getRandomValues(bytes);
+      id = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+      window.localStorage.setItem("{RATER_KEY}", id);
+    }}
+  }} catch (err) {{
+    id = "";
+  }}
+  return [study, name, id];
+}}"""
+"""Run in the page when a rater presses Start: this browser's rater id, made once and kept in its
+``localStorage``, so it outlives the session and a restart of the server (with Gradio's ``BrowserState``
+the browser test saw the same browser come back after a restart as a new rater, free to vote again).
+``getRandomValues`` works on plain http too, where ``randomUUID`` does not; a browser refusing storage
+sends "" and is rated per session."""
+
+_BROWSER_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def rater_id(name: str, browser: str, session: str) -> str:
+    """The rater of a ballot: the name typed, else this browser's stored id (:data:`RATER_JS`), else the
+    page's session (no storage, or an id not of the page's making)."""
+    if name.strip():
+        return f"name:{name.strip()}"
+    if _BROWSER_ID.match(browser):
+        return f"browser:{browser}"
+    return f"session:{session}"
 
 
 # -- the Gradio app ----------------------------------------------------------------------------------------
@@ -566,7 +649,12 @@ def build_app(config: UIConfig, jobs: Jobs | None = None) -> gr.Blocks:
                     s_text_only = gr.Checkbox(False, label="text_only (no reference: the style in words)")
                     s_prompt = gr.Textbox(label="prompt", placeholder="a house", elem_id="sty-prompt")
                     s_style_prompt = gr.Textbox(label="style_prompt (optional, e.g. 'blueprint style')")
-                    s_method = gr.Radio(list(STYLIZE_METHODS), value="training-free", label="method")
+                    s_method = gr.Radio(
+                        list(jobs.stylize_methods),
+                        value="training-free",
+                        label="method",
+                        elem_id="sty-method",
+                    )
                     with gr.Accordion("advanced (training-free)", open=False):
                         s_ablation = gr.Radio(
                             ["a", "b", "c", "d"],
@@ -581,6 +669,16 @@ def build_app(config: UIConfig, jobs: Jobs | None = None) -> gr.Blocks:
                             ["B", "A"],
                             value="B",
                             label="steps_convention (B: upstream's 0-based loop index; A: step 1 = start)",
+                        )
+                    with gr.Accordion(
+                        "advanced (StyleAR)", open=False, visible="stylear" in jobs.stylize_methods
+                    ):
+                        s_style_scale = gr.Number(
+                            StylizeJob.style_scale,
+                            label="style_scale (strength of the style tokens; 0: the base model)",
+                        )
+                        s_noise = gr.Number(
+                            StylizeJob.noise_strength, label="noise_strength (noise on the style tokens)"
                         )
                     s_sampling = _sampling_fields(base)
                     s_run = gr.Button("Stylize", variant="primary", elem_id="sty-run")
@@ -600,6 +698,8 @@ def build_app(config: UIConfig, jobs: Jobs | None = None) -> gr.Blocks:
                 key_steps: str,
                 fine_steps: str,
                 convention: str,
+                style_scale: float | None,
+                noise_strength: float | None,
                 *fields: Any,
                 progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for a tracker)
             ) -> tuple[str, str, dict[str, Any]]:
@@ -615,6 +715,10 @@ def build_app(config: UIConfig, jobs: Jobs | None = None) -> gr.Blocks:
                     key_steps=parse_int_list(key_steps, "--key-steps") if key_steps.strip() else (),
                     fine_steps=parse_int_list(fine_steps, "--fine-steps") if fine_steps.strip() else None,
                     steps_convention=convention,
+                    style_scale=StylizeJob.style_scale if style_scale is None else float(style_scale),
+                    noise_strength=(
+                        StylizeJob.noise_strength if noise_strength is None else float(noise_strength)
+                    ),
                 )
                 out = jobs.stylize(
                     job,
@@ -637,6 +741,8 @@ def build_app(config: UIConfig, jobs: Jobs | None = None) -> gr.Blocks:
                     s_key,
                     s_fine,
                     s_convention,
+                    s_style_scale,
+                    s_noise,
                     *s_sampling,
                 ],
                 [s_out, s_file, s_meta],
@@ -721,9 +827,9 @@ def _study_tab(
 ) -> None:
     """The rater page and, behind the admin token, results and study making."""
     import tempfile
-    import uuid
 
-    browser_id = gr.BrowserState("", storage_key="scalestyle-rater", secret="scalestyle-rater")
+    # filled by RATER_JS in the page when Start is pressed; hidden, as raters need not see their id
+    r_browser = gr.Textbox("", visible=False, elem_id="study-browser")
     current = gr.State({})
     with gr.Row():
         r_study = gr.Dropdown(list_studies(config.studies), label="study", elem_id="study-pick")
@@ -741,12 +847,6 @@ def _study_tab(
     picks = [gr.Radio([], label=question, elem_id=f"study-{c}") for c, question in CRITERIA.items()]
     r_vote = gr.Button("Submit vote", elem_id="study-vote")
     r_status = gr.Markdown(elem_id="study-status")
-
-    def rater_of(name: str, browser: str, request: gr.Request) -> str:
-        """The rater: the name typed, else this browser's stored id, else (storage refused) the session."""
-        if name.strip():
-            return f"name:{name.strip()}"
-        return f"browser:{browser}" if browser else f"session:{request.session_hash}"
 
     def show(study_name: str, rater: str) -> list[Any]:
         study = open_study(config.studies, study_name)
@@ -775,7 +875,7 @@ def _study_tab(
     def on_start(study_name: str | None, name: str, browser: str, request: gr.Request) -> list[Any]:
         if not study_name:
             raise StudyError("choose a study")
-        return show(study_name, rater_of(name, browser, request))
+        return show(study_name, rater_id(name, browser, request.session_hash or ""))
 
     @user_errors
     def on_vote(state: dict[str, Any], *chosen: str | None) -> list[Any]:
@@ -785,7 +885,7 @@ def _study_tab(
         study.vote(state["rater"], state["item"], {c: v for c, v in zip(CRITERIA, chosen, strict=True) if v})
         return ["Vote recorded.", *show(state["study"], state["rater"])]
 
-    r_next.click(on_start, [r_study, r_name, browser_id], outputs, **light_events)
+    r_next.click(on_start, [r_study, r_name, r_browser], outputs, js=RATER_JS, **light_events)
     r_vote.click(on_vote, [current, *picks], [r_status, *outputs], **light_events)
 
     with gr.Accordion("Organizer (admin token)", open=False, elem_id="admin"):
@@ -873,11 +973,11 @@ def _study_tab(
         **model_events,
     )
 
-    def on_load(browser: str) -> tuple[str, Any, Any]:
+    def on_load() -> tuple[Any, Any]:
         names = list_studies(config.studies)
-        return browser or uuid.uuid4().hex, gr.update(choices=names), gr.update(choices=names)
+        return gr.update(choices=names), gr.update(choices=names)
 
-    demo.load(on_load, [browser_id], [browser_id, r_study, a_study], **light_events)
+    demo.load(on_load, None, [r_study, a_study], **light_events)
 
 
 def serve(config: UIConfig, *, block: bool = True) -> gr.Blocks:
