@@ -23,7 +23,7 @@ from scalestyle.config import (
     get_preset,
 )
 from scalestyle.models.var import VAR, ClassLabels
-from scalestyle.models.vqvae import VQVAE, IndexCodec, filter_top_k_top_p
+from scalestyle.models.vqvae import VQVAE, IndexCodec, filter_top_k_top_p, make_norm
 from scalestyle.sampling import PathPlan, ScaleEvent, run_scales
 from scalestyle.scale_model import Draw
 from scalestyle.schedules import var_schedule
@@ -111,6 +111,24 @@ def test_vqvae_built_on_meta_has_the_official_keys_and_shapes() -> None:
     assert shapes(vae) == key_dump(1)
 
 
+def test_pixel_norm_vqvae_keeps_the_keys_and_has_no_spatial_statistics() -> None:
+    """The demo's VQ-VAE swaps GroupNorm for PixelNorm (docs/demo_v2.md section 1) under the same keys;
+    PixelNorm normalises each pixel alone, so a bright spot leaves every other pixel as it was."""
+    cfg = get_preset("var-d16", VARPreset).vae
+    with torch.device("meta"):
+        group, pixel = VQVAE(cfg), VQVAE(replace(cfg, norm="pixel"))
+    assert shapes(pixel) == shapes(group)
+    assert get_preset("var-demo", VARPreset).vae.norm == "pixel"
+    x = torch.randn(1, 64, 8, 8)
+    spot = x.clone()
+    spot[0, :, 3, 3] += 100.0
+    for norm, far_pixels_unchanged in (("pixel", True), ("group", False)):
+        layer = make_norm(64, norm)
+        changed = (layer(spot) - layer(x)).abs()
+        changed[0, :, 3, 3] = 0
+        assert bool(changed.max() < 1e-5) == far_pixels_unchanged
+
+
 @pytest.mark.parametrize("depth", [20, 24])
 def test_presets_outside_the_dump_follow_the_d16_layout(depth: int) -> None:
     """d20 and d24 are not in the dump: the same keys as d16 with ``depth`` blocks, width 64 * depth."""
@@ -157,6 +175,7 @@ def test_preset_families_are_kept_apart() -> None:
         (lambda: replace(TINY.vae, ch=48), "ch must be a multiple of 32"),
         (lambda: replace(TINY.vae, quant_resi=1.5), "quant_resi must be in (0, 1], got 1.5"),
         (lambda: replace(TINY.vae, share_quant_resi=1), "share_quant_resi must be >= 2"),
+        (lambda: replace(TINY.vae, norm="batch"), "norm must be one of ('group', 'pixel'), got 'batch'"),
         (lambda: VARPreset("x", TINY.transformer, VQVAEConfig()), "does not fit its VQ-VAE"),
     ],
 )

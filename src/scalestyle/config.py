@@ -279,10 +279,14 @@ class VQVAEConfig:
     quant_resi: float = 0.5
     share_quant_resi: int = 4
     num_scales: int = 10
+    # upstream's GroupNorm, or the demo's PixelNorm ("pixel"; docs/demo_v2.md section 1: no droplet)
+    norm: str = "group"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "z_channels", "ch", "num_res_blocks", "num_scales"):
             _check_positive(name, getattr(self, name))
+        if self.norm not in ("group", "pixel"):
+            raise ValueError(f"norm must be one of ('group', 'pixel'), got {self.norm!r}")
         if not self.ch_mult or any(m < 1 for m in self.ch_mult):
             raise ValueError(f"ch_mult must be non-empty positive multipliers, got {self.ch_mult}")
         if self.ch % 32:
@@ -412,7 +416,9 @@ _VAR_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 # L = 680, STYLEVAR_ALPHAS apply as they are); V 1024 so that the authors' top-k 900 stays within the
 # codebook. About 1M parameters (4 MiB in fp32); VAR-d4 (VAR's rule: heads = depth, width = 64 depth)
 # is 11 MiB in fp16 and its StyleVAR with ResNet trunks of width 16 15.3 MiB, each file under 16 MiB.
-_DEMO_VQVAE = VQVAEConfig(vocab_size=1024, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)
+_DEMO_VQVAE = VQVAEConfig(
+    vocab_size=1024, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, norm="pixel"
+)
 
 
 def _var_preset(name: str, depth: int, patch_nums: tuple[int, ...], *, shared_aln: bool) -> VARPreset:

@@ -26,6 +26,7 @@ from einops import rearrange
 from torch import nn
 
 from scalestyle.config import SamplingConfig, VQVAEConfig
+from scalestyle.models.bsq_vae import RMSNorm2d
 from scalestyle.scale_model import Draw
 from scalestyle.schedules import Schedule
 
@@ -33,18 +34,23 @@ from scalestyle.schedules import Schedule
 # Building blocks (basic_vae.py)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
+def make_norm(channels: int, kind: str) -> nn.Module:
+    """:attr:`VQVAEConfig.norm`: ``"group"`` is upstream's GroupNorm(32); ``"pixel"`` the demo's PixelNorm
+    with an affine (:class:`scalestyle.models.bsq_vae.RMSNorm2d`, no spatial statistics, hence no droplet:
+    docs/demo_v2.md section 1), with GroupNorm's parameter names and shapes."""
+    if kind == "pixel":
+        return RMSNorm2d(channels, 1, spatial=False)
     return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
     """``x' + conv2(SiLU(GN(conv1(SiLU(GN(x))))))``, x' a 1x1 projection when the widths differ."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, norm: str) -> None:
         super().__init__()
-        self.norm1 = group_norm(c_in)
+        self.norm1 = make_norm(c_in, norm)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.norm2 = group_norm(c_out)
+        self.norm2 = make_norm(c_out, norm)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         # upstream's same-width shortcut is an Identity: no keys
         self.nin_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
@@ -58,10 +64,10 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention, q/k/v from one 1x1 conv, softmax(q^T k / sqrt(C))."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, norm: str) -> None:
         super().__init__()
         self.channels = channels
-        self.norm = group_norm(channels)
+        self.norm = make_norm(channels, norm)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
@@ -101,11 +107,13 @@ class Upsample(nn.Module):
 class Level(nn.Module):
     """One resolution: ``block`` (res blocks), ``attn`` (an AttnBlock after each, or none), a resample."""
 
-    def __init__(self, blocks: list[ResnetBlock], attn: bool, resample: Downsample | Upsample | None) -> None:
+    def __init__(
+        self, blocks: list[ResnetBlock], attn: bool, resample: Downsample | Upsample | None, norm: str
+    ) -> None:
         super().__init__()
         self.block = nn.ModuleList(blocks)
         self.attn = (
-            nn.ModuleList(AttnBlock(b.conv2.out_channels) for b in blocks) if attn else nn.ModuleList()
+            nn.ModuleList(AttnBlock(b.conv2.out_channels, norm) for b in blocks) if attn else nn.ModuleList()
         )
         if isinstance(resample, Downsample):
             self.downsample = resample
@@ -122,11 +130,11 @@ class Level(nn.Module):
 
 
 class Mid(nn.Module):
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, norm: str) -> None:
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels)
-        self.attn_1 = AttnBlock(channels)
-        self.block_2 = ResnetBlock(channels, channels)
+        self.block_1 = ResnetBlock(channels, channels, norm)
+        self.attn_1 = AttnBlock(channels, norm)
+        self.block_2 = ResnetBlock(channels, channels, norm)
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(x_BCHW)))
@@ -143,13 +151,13 @@ class Encoder(nn.Module):
         for i, m in enumerate(mult):
             blocks = []
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResnetBlock(c_in, ch * m))
+                blocks.append(ResnetBlock(c_in, ch * m, cfg.norm))
                 c_in = ch * m
             last = i == len(mult) - 1
-            levels.append(Level(blocks, attn=last, resample=None if last else Downsample(c_in)))
+            levels.append(Level(blocks, last, None if last else Downsample(c_in), cfg.norm))
         self.down = nn.ModuleList(levels)
-        self.mid = Mid(c_in)
-        self.norm_out = group_norm(c_in)
+        self.mid = Mid(c_in, cfg.norm)
+        self.norm_out = make_norm(c_in, cfg.norm)
         self.conv_out = nn.Conv2d(c_in, cfg.z_channels, 3, padding=1)
 
     def forward(self, img_B3PP: torch.Tensor) -> torch.Tensor:
@@ -168,17 +176,17 @@ class Decoder(nn.Module):
         ch, mult = cfg.ch, cfg.ch_mult
         c_in = ch * mult[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, c_in, 3, padding=1)
-        self.mid = Mid(c_in)
+        self.mid = Mid(c_in, cfg.norm)
         levels: list[Level] = []
         for i in reversed(range(len(mult))):
             blocks = []
             for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResnetBlock(c_in, ch * mult[i]))
+                blocks.append(ResnetBlock(c_in, ch * mult[i], cfg.norm))
                 c_in = ch * mult[i]
             resample = Upsample(c_in) if i > 0 else None
-            levels.insert(0, Level(blocks, attn=i == len(mult) - 1, resample=resample))
+            levels.insert(0, Level(blocks, i == len(mult) - 1, resample, cfg.norm))
         self.up = nn.ModuleList(levels)
-        self.norm_out = group_norm(c_in)
+        self.norm_out = make_norm(c_in, cfg.norm)
         self.conv_out = nn.Conv2d(c_in, 3, 3, padding=1)
 
     def forward(self, f_BdHW: torch.Tensor) -> torch.Tensor:
