@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from scalestyle.analysis.pairs import PromptPair
-    from scalestyle.batch import StyleJob
+    from scalestyle.batch import J, StyleJob
     from scalestyle.method.style import StyleConfig, StylePipeline
     from scalestyle.pipeline import Pipeline
 
@@ -228,6 +228,45 @@ def _counter(desc: str, enabled: bool) -> tuple[Callable[[int, int], None], Call
     return progress, bar.close
 
 
+def _check_outputs(args: argparse.Namespace, batch: str) -> None:
+    """``--out`` or ``--out-dir``, one of the two (``batch`` says what a folder is for)."""
+    if args.out and args.out_dir:
+        raise CliError("give either --out FILE.png (one image) or --out-dir DIR (a batch), not both")
+    if not args.out and not args.out_dir:
+        raise CliError(f"give --out FILE.png (or --out-dir DIR for {batch})")
+
+
+def _check_one_job(jobs: Sequence[object]) -> None:
+    if len(jobs) > 1:
+        raise CliError(f"{len(jobs)} images to make: give --out-dir DIR instead of --out")
+
+
+def _run_batch_dir(
+    desc: str,
+    args: argparse.Namespace,
+    jobs: Sequence[J],
+    settings: Mapping[str, Any],
+    make: Callable[[J, Image.Image | None, bool], tuple[Image.Image, Mapping[str, Any]]],
+) -> int:
+    """A resumable ``--out-dir`` batch of `stylize` or `transfer`: ``make(job, style image, bars)`` for
+    each job not done yet (per-scale bars when there is one), a counter over several, a summary line."""
+    from scalestyle.batch import MANIFEST_FILE, open_batch, run_batch
+
+    show = not args.quiet
+    with open_batch(Path(args.out_dir), jobs, settings, overwrite=args.overwrite) as plan:
+        progress, close = _counter(desc, show and len(plan.todo) > 1)
+        made = run_batch(
+            plan, lambda job, img: make(job, img, show and len(plan.todo) == 1), progress=progress
+        )
+        close()
+    if show:
+        sys.stderr.write(
+            f"wrote {made} image(s), skipped {len(plan.done)} already done; "
+            f"job -> file in {plan.out_dir / MANIFEST_FILE}\n"
+        )
+    return 0
+
+
 # -- commands ----------------------------------------------------------------------------------------------
 
 
@@ -274,7 +313,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_stylize(args: argparse.Namespace) -> int:
-    from scalestyle.batch import batch_settings, make_jobs, open_batch, run_batch
+    from scalestyle.batch import batch_settings, make_jobs
     from scalestyle.metadata import write_png
     from scalestyle.method.style import StylePipeline
 
@@ -299,10 +338,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         return stylear_cli.stylize(args, prompts, sampling, lambda: _load(args))
     if args.adapter:
         raise CliError(f"--adapter {args.adapter} is a StyleAR adapter: it goes with --method stylear")
-    if args.out and args.out_dir:
-        raise CliError("give either --out FILE.png (one image) or --out-dir DIR (a batch), not both")
-    if not args.out and not args.out_dir:
-        raise CliError("give --out FILE.png (or --out-dir DIR for several images)")
+    _check_outputs(args, "several images")
     sampling = _sampling(args, parse_aspect(args.aspect))
     style_cfg = _style_config(args)
     args.device = _device(args.device)
@@ -326,8 +362,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         return result.images[0], result.metadata[0]
 
     if args.out:
-        if len(jobs) > 1:
-            raise CliError(f"{len(jobs)} images to make: give --out-dir DIR instead of --out")
+        _check_one_job(jobs)
         from scalestyle.images import load_image
 
         out = _out_png(args.out, args.overwrite)
@@ -340,18 +375,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     settings = batch_settings(
         model=_model_label(args), style_prompt=args.style_prompt, style=style_cfg, sampling=sampling
     )
-    with open_batch(Path(args.out_dir), jobs, settings, overwrite=args.overwrite) as plan:
-        progress, close = _counter("stylize", show and len(plan.todo) > 1)
-        made = run_batch(
-            plan, lambda job, img: make(job, img, show and len(plan.todo) == 1), progress=progress
-        )
-        close()
-    if show:
-        sys.stderr.write(
-            f"wrote {made} image(s), skipped {len(plan.done)} already done; "
-            f"job -> file in {plan.out_dir / 'manifest.jsonl'}\n"
-        )
-    return 0
+    return _run_batch_dir("stylize", args, jobs, settings, make)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

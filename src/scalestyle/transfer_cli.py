@@ -18,7 +18,17 @@ from typing import Any
 from PIL import Image
 
 from scalestyle.adain_cli import add_transfer_args
-from scalestyle.cli import CliError, _device, _out_png, _overwrite, _progress, _quiet
+from scalestyle.cli import (
+    CliError,
+    _check_one_job,
+    _check_outputs,
+    _device,
+    _out_png,
+    _overwrite,
+    _progress,
+    _quiet,
+    _run_batch_dir,
+)
 from scalestyle.config import SamplingConfig
 from scalestyle.transfer import TRANSFER_SAMPLING
 
@@ -163,15 +173,12 @@ def _load(args: argparse.Namespace) -> tuple[Transfer, int]:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from scalestyle.batch import TransferJob, image_files, make_transfer_jobs, open_batch, run_batch
+    from scalestyle.batch import TransferJob, image_files, make_transfer_jobs
     from scalestyle.images import load_image
     from scalestyle.metadata import write_png
 
     settings = _check(args)
-    if args.out and args.out_dir:
-        raise CliError("give either --out FILE.png (one image) or --out-dir DIR (a batch), not both")
-    if not args.out and not args.out_dir:
-        raise CliError("give --out FILE.png (or --out-dir DIR for a batch)")
+    _check_outputs(args, "a batch")
     contents, styles = image_files(args.content, "--content"), image_files(args.style, "--style")
     jobs = make_transfer_jobs(contents, styles, args.seed)
     show = not args.quiet
@@ -190,25 +197,11 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         return image, {**meta, "content_file": job.content_file}
 
     if args.out:
-        if len(jobs) > 1:
-            raise CliError(f"{len(jobs)} images to make: give --out-dir DIR instead of --out")
+        _check_one_job(jobs)
         out = _out_png(args.out, args.overwrite)
         image, meta = make(jobs[0], None, show)
         write_png(image, out, {**meta, "style_file": jobs[0].style_file})
         if show:
             sys.stderr.write(f"wrote {out} ({image.width}x{image.height})\n")
         return 0
-    from scalestyle.cli import _counter
-
-    with open_batch(Path(args.out_dir), jobs, settings, overwrite=args.overwrite) as plan:
-        progress, close = _counter("transfer", show and len(plan.todo) > 1)
-        made = run_batch(
-            plan, lambda job, style: make(job, style, show and len(plan.todo) == 1), progress=progress
-        )
-        close()
-    if show:
-        sys.stderr.write(
-            f"wrote {made} image(s), skipped {len(plan.done)} already done; "
-            f"job -> file in {plan.out_dir / 'manifest.jsonl'}\n"
-        )
-    return 0
+    return _run_batch_dir("transfer", args, jobs, settings, make)
