@@ -36,14 +36,19 @@ class WorldClassifier(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(2 * chans[-1], len(labels))
 
-    def forward(self, img_B3PP: torch.Tensor) -> torch.Tensor:
-        """Logits (B, classes); pooled by both mean and max so that texture and shape both reach the head."""
+    def pooled(self, img_B3PP: torch.Tensor) -> torch.Tensor:
+        """The head's input (B, 2C): the final features pooled by both mean and max, so that texture and
+        shape both reach the head."""
         if img_B3PP.shape[-2:] != (64, 64):
             img_B3PP = F.interpolate(
                 img_B3PP, size=(64, 64), mode="bilinear", antialias=True, align_corners=False
             )
         f = self.features(img_B3PP)
-        return self.head(torch.cat((f.mean(dim=(2, 3)), f.amax(dim=(2, 3))), dim=1))
+        return torch.cat((f.mean(dim=(2, 3)), f.amax(dim=(2, 3))), dim=1)
+
+    def forward(self, img_B3PP: torch.Tensor) -> torch.Tensor:
+        """Logits (B, classes)."""
+        return self.head(self.pooled(img_B3PP))
 
     @torch.no_grad()
     def predict(self, img_B3PP: torch.Tensor) -> list[str]:

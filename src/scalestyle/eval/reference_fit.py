@@ -67,11 +67,10 @@ class ReferenceVerdict:
 
 
 def _features(judge: WorldClassifier, images: Sequence[Image.Image]) -> torch.Tensor:
-    """The judge head's input (B, 2C) in float64: mean- and max-pooled final features."""
+    """The judge head's input (B, 2C) in float64."""
     batch = torch.stack([world.to_tensor(im.convert("RGB").resize((64, 64))) for im in images])
     with torch.no_grad():
-        f = judge.features(batch)
-    return torch.cat((f.mean(dim=(2, 3)), f.amax(dim=(2, 3))), dim=1).double()
+        return judge.pooled(batch).double()
 
 
 @dataclass(frozen=True)
