@@ -167,6 +167,21 @@ class StyleARSettings:
             raise ValueError(f"se_plain + se_enhanced must be > 0, got {self.se_plain} + {self.se_enhanced}")
 
 
+def block_lora_config(rank: int, alpha: int | None, targets: Sequence[str]) -> Any:
+    """peft's ``LoraConfig`` for ``targets`` (module names inside an Infinity block) at ``rank``, scaled by
+    ``alpha`` (None: the rank, a scale of 1); StyleAR's and the subject adapters' LoRA."""
+    from peft import LoraConfig
+
+    names = "|".join(t.replace(".", r"\.") for t in targets)
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else rank,
+        # a regex over the blocks only: "ca.proj" as a suffix would also match the text pool's proj
+        target_modules=rf"block_chunks\.\d+\.module\.\d+\.({names})",
+        lora_dropout=0.0,
+    )
+
+
 # ---- the resampler ------------------------------------------------------------------------------------
 class PerceiverAttention(nn.Module):
     """Latents attend to the image features and to themselves (upstream `PerceiverAttention`)."""
@@ -508,16 +523,7 @@ class StyleARAdapter(nn.Module):
         self.lora: dict[str, torch.Tensor] = {}
 
     def lora_config(self) -> Any:
-        from peft import LoraConfig
-
-        names = "|".join(t.replace(".", r"\.") for t in self.cfg.lora_targets)
-        return LoraConfig(
-            r=self.cfg.lora_rank,
-            lora_alpha=self.cfg.lora_alpha if self.cfg.lora_alpha is not None else self.cfg.lora_rank,
-            # a regex over the blocks only: "ca.proj" as a suffix would also match the text pool's proj
-            target_modules=rf"block_chunks\.\d+\.module\.\d+\.({names})",
-            lora_dropout=0.0,
-        )
+        return block_lora_config(self.cfg.lora_rank, self.cfg.lora_alpha, self.cfg.lora_targets)
 
     @contextmanager
     def lora_applied(self, transformer: Infinity, *, seed: int = 0) -> Iterator[None]:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from scalestyle.models.stylear import LORA_TARGETS
+from scalestyle.models.stylear import LORA_TARGETS, block_lora_config
 
 if TYPE_CHECKING:
     from scalestyle.models.infinity import Infinity
@@ -97,16 +97,7 @@ class SubjectAdapter:
         self.lora: dict[str, torch.Tensor] = dict(lora or {})
 
     def lora_config(self) -> Any:
-        from peft import LoraConfig
-
-        names = "|".join(t.replace(".", r"\.") for t in self.cfg.lora_targets)
-        return LoraConfig(
-            r=self.cfg.lora_rank,
-            lora_alpha=self.cfg.lora_alpha if self.cfg.lora_alpha is not None else self.cfg.lora_rank,
-            # a regex over the blocks only: "ca.proj" as a suffix would also match the text pool's proj
-            target_modules=rf"block_chunks\.\d+\.module\.\d+\.({names})",
-            lora_dropout=0.0,
-        )
+        return block_lora_config(self.cfg.lora_rank, self.cfg.lora_alpha, self.cfg.lora_targets)
 
     def check_fits(self, transformer: Infinity) -> None:
         if self.cfg.text_width != transformer.cfg.text_channels:
