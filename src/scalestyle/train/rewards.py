@@ -1,6 +1,6 @@
 """Rewards for StyleVAR's GRPO: one score per generated image, higher is better.
 
-Every reward is a :class:`Reward`: it takes the generated images and the triplet that asked for them
+Every reward is a :data:`Reward`: it takes the generated images and the triplet that asked for them
 (target, content, style), all ``(B, 3, P, P)`` in [-1, 1] as the models see them, and returns ``(B,)``
 float32 rewards. Three are here:
 
@@ -16,9 +16,10 @@ float32 rewards. Three are here:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,16 +32,45 @@ DREAMSIM_SCALE = 5.0
 DREAMSIM_SIZE = 224
 
 
-class Reward(Protocol):
-    """``(pred, target, content, style) -> (B,)`` rewards; images ``(B, 3, P, P)`` in [-1, 1]."""
+# ``(pred, target, content, style) -> (B,)`` rewards, images ``(B, 3, P, P)`` in [-1, 1]; a plain function
+# of the four will do, so this is no class
+Reward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
+
+class RewardImages(NamedTuple):
+    """One call's images, ``(B, 3, P, P)`` in [-1, 1]: the generated ones and the triplet that asked for
+    them."""
+
+    pred_B3PP: torch.Tensor
+    target_B3PP: torch.Tensor
+    content_B3PP: torch.Tensor
+    style_B3PP: torch.Tensor
+
+
+class _NoGradReward(ABC):
+    """The :data:`Reward` call of the rewards below: :meth:`score` of the four images, without autograd
+    (a reward is a constant of the policy loss)."""
+
+    @torch.no_grad()
     def __call__(
         self,
         pred_B3PP: torch.Tensor,
         target_B3PP: torch.Tensor,
         content_B3PP: torch.Tensor,
         style_B3PP: torch.Tensor,
-    ) -> torch.Tensor: ...
+    ) -> torch.Tensor:
+        return self.score(RewardImages(pred_B3PP, target_B3PP, content_B3PP, style_B3PP))
+
+    @abstractmethod
+    def score(self, images: RewardImages) -> torch.Tensor:
+        """``(B,)`` rewards of ``images.pred_B3PP``."""
+
+
+def _check_weights(**weights: float) -> None:
+    """The weights of a reward's two terms: each >= 0, not both 0."""
+    (first, a), (second, b) = weights.items()
+    if a < 0 or b < 0 or a + b == 0:
+        raise ValueError(f"{first} and {second} must be >= 0, not both 0, got {a} and {b}")
 
 
 def to_unit(img_B3PP: torch.Tensor) -> torch.Tensor:
@@ -48,7 +78,7 @@ def to_unit(img_B3PP: torch.Tensor) -> torch.Tensor:
     return img_B3PP.float().add(1).mul(0.5).clamp(0, 1)
 
 
-class DreamSimReward:
+class DreamSimReward(_NoGradReward):
     """``-scale * DreamSim(pred, target)``; ``model(a, b) -> (B,)`` distances of [0, 1] images at
     ``image_size`` (DreamSim's own model, or a stand-in in tests)."""
 
@@ -82,57 +112,36 @@ class DreamSimReward:
             DreamSim.from_pretrained(dreamsim_type, cache_dir=cache_dir, device=device).model, scale=scale
         )
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        pred_B3PP: torch.Tensor,
-        target_B3PP: torch.Tensor,
-        content_B3PP: torch.Tensor,
-        style_B3PP: torch.Tensor,
-    ) -> torch.Tensor:
+    def score(self, images: RewardImages) -> torch.Tensor:
         size = (self.image_size, self.image_size)
         # the authors' resize: bilinear, no antialiasing
-        a = F.interpolate(to_unit(pred_B3PP), size=size, mode="bilinear", align_corners=False)
-        b = F.interpolate(to_unit(target_B3PP), size=size, mode="bilinear", align_corners=False)
+        a = F.interpolate(to_unit(images.pred_B3PP), size=size, mode="bilinear", align_corners=False)
+        b = F.interpolate(to_unit(images.target_B3PP), size=size, mode="bilinear", align_corners=False)
         return self.model(a, b).reshape(len(a)).float().mul(-self.scale)
 
 
-class PerceptualTargetReward:
+class PerceptualTargetReward(_NoGradReward):
     """``ssim_weight * SSIM(pred, target) - l2_weight * mean((pred - target)^2)`` on [0, 1] pixels: a
     reward against the ground truth that needs no model."""
 
     def __init__(self, *, ssim_weight: float = 1.0, l2_weight: float = 1.0) -> None:
-        if ssim_weight < 0 or l2_weight < 0 or ssim_weight + l2_weight == 0:
-            raise ValueError(
-                f"ssim_weight and l2_weight must be >= 0, not both 0, got {ssim_weight} and {l2_weight}"
-            )
+        _check_weights(ssim_weight=ssim_weight, l2_weight=l2_weight)
         self.ssim_weight, self.l2_weight = ssim_weight, l2_weight
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        pred_B3PP: torch.Tensor,
-        target_B3PP: torch.Tensor,
-        content_B3PP: torch.Tensor,
-        style_B3PP: torch.Tensor,
-    ) -> torch.Tensor:
-        pred, target = to_unit(pred_B3PP).cpu(), to_unit(target_B3PP).cpu()
+    def score(self, images: RewardImages) -> torch.Tensor:
+        pred, target = to_unit(images.pred_B3PP).cpu(), to_unit(images.target_B3PP).cpu()
         l2_B = (pred - target).square().mean(dim=(1, 2, 3))
         # ssim runs under inference_mode: clone into a plain tensor
         return (self.ssim_weight * ssim(pred, target).clone() - self.l2_weight * l2_B).float()
 
 
-class WorldJudgeReward:
+class WorldJudgeReward(_NoGradReward):
     """``style_weight * p_style(pred)[style of the reference] + content_weight * p_content(pred)[content of
     the content image]``: each reference's label is the classifier's reading of that reference, so the
     triplet needs no labels."""
 
     def __init__(self, judges: Judges, *, style_weight: float = 1.0, content_weight: float = 1.0) -> None:
-        if style_weight < 0 or content_weight < 0 or style_weight + content_weight == 0:
-            raise ValueError(
-                f"style_weight and content_weight must be >= 0, not both 0, got {style_weight} and "
-                f"{content_weight}"
-            )
+        _check_weights(style_weight=style_weight, content_weight=content_weight)
         self.judges, self.style_weight, self.content_weight = judges, style_weight, content_weight
 
     @classmethod
@@ -140,18 +149,11 @@ class WorldJudgeReward:
         """The classifiers of a demo model folder (``content_classifier.safetensors``, ...)."""
         return cls(Judges.load(Path(model_dir)))
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        pred_B3PP: torch.Tensor,
-        target_B3PP: torch.Tensor,
-        content_B3PP: torch.Tensor,
-        style_B3PP: torch.Tensor,
-    ) -> torch.Tensor:
+    def score(self, images: RewardImages) -> torch.Tensor:
         style, content = self.judges.style, self.judges.content
-        pred = pred_B3PP.float().cpu()
-        want_style = style(style_B3PP.float().cpu()).argmax(1, keepdim=True)
-        want_content = content(content_B3PP.float().cpu()).argmax(1, keepdim=True)
+        pred = images.pred_B3PP.float().cpu()
+        want_style = style(images.style_B3PP.float().cpu()).argmax(1, keepdim=True)
+        want_content = content(images.content_B3PP.float().cpu()).argmax(1, keepdim=True)
         p_style = style(pred).softmax(1).gather(1, want_style)[:, 0]
         p_content = content(pred).softmax(1).gather(1, want_content)[:, 0]
         return self.style_weight * p_style + self.content_weight * p_content
