@@ -38,6 +38,7 @@ from scalestyle.data import procedural as world
 from scalestyle.models.adain import AdaIN, AdaINConfig, adain_BCHW, mean_std_BC11
 from scalestyle.train.common import (
     JsonlLog,
+    check_range,
     load_checkpoint,
     make_accelerator,
     save_checkpoint,
@@ -73,18 +74,9 @@ class AdaINTrainConfig:
         AdaINConfig(widths=self.widths)  # the widths' own checks
         if not world.MIN_SIZE <= self.size <= world.MAX_SIZE:
             raise ValueError(f"size must be in [{world.MIN_SIZE}, {world.MAX_SIZE}], got {self.size}")
-        for name in ("encoder_steps", "steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("encoder_batch_size", "batch_size", "log_every", "ckpt_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("encoder_lr", "lr"):
-            if not 0 < getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
-        for name in ("lr_decay", "content_weight", "style_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_range(self, ("encoder_steps", "steps", "lr_decay", "content_weight", "style_weight"), 0)
+        check_range(self, ("encoder_batch_size", "batch_size", "log_every", "ckpt_every"), 1)
+        check_range(self, ("encoder_lr", "lr"), 0, 1, "()")
 
     @classmethod
     def quick(cls) -> AdaINTrainConfig:

@@ -17,7 +17,7 @@ from scalestyle.data import procedural as world
 from scalestyle.eval.classifier import WorldClassifier
 from scalestyle.models.bsq_vae import BSQVAE
 from scalestyle.schedules import Schedule
-from scalestyle.train.common import JsonlLog, step_generator
+from scalestyle.train.common import JsonlLog, check_range, step_generator
 
 
 @dataclass(frozen=True)
@@ -30,25 +30,29 @@ class ClassifierTrainConfig:
     log_every: int = 50
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 2:
-            raise ValueError(f"steps must be >= 1 and batch_size >= 2, got {self.steps}, {self.batch_size}")
-        if not 0 <= self.recon_fraction <= 1:
-            raise ValueError(f"recon_fraction must be in [0, 1], got {self.recon_fraction}")
+        check_range(self, ("steps",), 1)
+        check_range(self, ("batch_size",), 2)
+        check_range(self, ("recon_fraction",), 0, 1)
 
 
 def classifier_batch(
-    step: int, batch_size: int, g: torch.Generator, size: int = 64
+    step: int,
+    batch_size: int,
+    g: torch.Generator,
+    size: int = 64,
+    shapes: tuple[str, ...] = world.CONTENTS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Images of random contents in random styles (all styles), with content and style indices."""
+    """Images of random ``shapes`` (contents, or subjects too) in random styles (all styles), with shape
+    and style indices."""
     seeds = world.SPLIT_SEEDS["classifier"]
-    c_idx = torch.randint(len(world.CONTENTS), (batch_size,), generator=g)
+    c_idx = torch.randint(len(shapes), (batch_size,), generator=g)
     s_idx = torch.randint(len(world.STYLES), (batch_size,), generator=g)
-    imgs = [
-        world.to_tensor(
-            world.render(world.CONTENTS[c], world.STYLES[s], seeds[step * batch_size + i], size).image
+    imgs = []
+    for i, (c, s) in enumerate(zip(c_idx.tolist(), s_idx.tolist(), strict=True)):
+        render = world.render_subject if shapes[c] in world.SUBJECTS else world.render
+        imgs.append(
+            world.to_tensor(render(shapes[c], world.STYLES[s], seeds[step * batch_size + i], size).image)
         )
-        for i, (c, s) in enumerate(zip(c_idx.tolist(), s_idx.tolist(), strict=True))
-    ]
     return torch.stack(imgs), c_idx, s_idx
 
 
@@ -68,19 +72,22 @@ def train_classifiers(
     vae: BSQVAE | None = None,
     schedule: Schedule | None = None,
     progress: bool = True,
+    shapes: tuple[str, ...] = world.CONTENTS,
 ) -> tuple[WorldClassifier, WorldClassifier]:
-    """Train both classifiers jointly on the same batches; returns (content, style)."""
+    """Train both classifiers jointly on the same batches; returns (content, style). ``shapes`` are the
+    content classifier's labels: the world's contents, or with :data:`~scalestyle.data.procedural.
+    SUBJECTS` added the shape judge of proxy-tuning (:mod:`scalestyle.eval.subject`)."""
     g0 = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(2**31, (1,), generator=g0)))
-        content, style = WorldClassifier(world.CONTENTS), WorldClassifier(world.STYLES)
+        content, style = WorldClassifier(shapes), WorldClassifier(world.STYLES)
     params = [*content.parameters(), *style.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps)
     log = JsonlLog(out_dir / "classifier_log.jsonl")
     for step in tqdm(range(cfg.steps), desc="classifiers", disable=not progress):
         g = step_generator(cfg.seed, step, stream=7)
-        img, c_idx, s_idx = classifier_batch(step, cfg.batch_size, g)
+        img, c_idx, s_idx = classifier_batch(step, cfg.batch_size, g, shapes=shapes)
         if vae is not None and schedule is not None and cfg.recon_fraction > 0:
             n = round(cfg.batch_size * cfg.recon_fraction)
             with torch.no_grad():

@@ -9,15 +9,40 @@ which wraps the model in DDP when launched that way and is a no-op wrapper on on
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
+
+
+def check_range(
+    cfg: object,
+    names: Sequence[str],
+    low: float,
+    high: float = math.inf,
+    ends: Literal["[]", "[)", "(]", "()"] = "[]",
+    note: str = "",
+) -> None:
+    """A ValueError naming the field, its value and the range unless each of ``cfg``'s fields ``names``
+    lies between ``low`` and ``high``, ``ends`` saying which bounds are included (NaN never is): the one
+    range check of the trainer configs. ``note`` is added to the message in brackets."""
+    for name in names:
+        value = getattr(cfg, name)
+        above = low < value if ends[0] == "(" else low <= value
+        below = value < high if ends[1] == ")" else value <= high
+        if not (above and below):
+            where = (
+                f"{'>' if ends[0] == '(' else '>='} {low}"
+                if high == math.inf
+                else f"in {ends[0]}{low}, {high}{ends[1]}"
+            )
+            raise ValueError(f"{name} must be {where}{f' ({note})' if note else ''}, got {value}")
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:

@@ -35,7 +35,6 @@ another adapter's run), AdamW and the step; the result is saved as an ordinary a
 from __future__ import annotations
 
 import copy
-import math
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -67,7 +66,7 @@ from scalestyle.models.text_encoder import PackedText
 from scalestyle.pipeline import Pipeline
 from scalestyle.sampling import PathPlan, ScaleEvent
 from scalestyle.schedules import Schedule
-from scalestyle.train.common import JsonlLog, step_generator
+from scalestyle.train.common import JsonlLog, check_range, step_generator
 from scalestyle.train.stylear import WORLD_CAPTION_STYLE, world_sources
 from scalestyle.train.vae import lr_at
 
@@ -105,30 +104,16 @@ class StyleARDPOConfig:
     ckpt_every: int = 25
 
     def __post_init__(self) -> None:
-        for name, low, high in (
-            ("steps", 1, 10**7),
-            ("pairs", 1, 4096),
-            ("samples", 2, 256),
-            ("warmup", 0, 10**7),
-            ("log_every", 1, 10**7),
-            ("ckpt_every", 1, 10**7),
-            ("seed", 0, 2**62),
-        ):
-            value = getattr(self, name)
-            if not low <= value <= high:
-                raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
-        for name, flow, fhigh, low_open in (
-            ("beta", 0.0, 1e4, True),
-            ("lr", 0.0, 1.0, True),
-            ("weight_decay", 0.0, 10.0, False),
-            ("grad_clip", 0.0, 1e6, True),
-            ("min_gap", 0.0, 1e6, False),
-        ):
-            value = float(getattr(self, name))
-            ok = math.isfinite(value) and (flow < value if low_open else flow <= value) and value <= fhigh
-            if not ok:
-                bracket = "(" if low_open else "["
-                raise ValueError(f"{name} must be in {bracket}{flow}, {fhigh}], got {value}")
+        check_range(self, ("steps", "log_every", "ckpt_every"), 1, 10**7)
+        check_range(self, ("pairs",), 1, 4096)
+        check_range(self, ("samples",), 2, 256)
+        check_range(self, ("warmup",), 0, 10**7)
+        check_range(self, ("seed",), 0, 2**62)
+        check_range(self, ("beta",), 0.0, 1e4, "(]")
+        check_range(self, ("lr",), 0.0, 1.0, "(]")
+        check_range(self, ("weight_decay",), 0.0, 10.0)
+        check_range(self, ("grad_clip",), 0.0, 1e6, "(]")
+        check_range(self, ("min_gap",), 0.0, 1e6)
         if self.reduce not in REDUCES:
             raise ValueError(f"reduce must be one of {REDUCES}, got {self.reduce!r}")
         if self.sampling.h_div_w != 1.0 or self.sampling.pn is not None:

@@ -46,6 +46,7 @@ from scalestyle.stylevar_weights import (
 )
 from scalestyle.train.common import (
     JsonlLog,
+    check_range,
     load_checkpoint,
     make_accelerator,
     save_checkpoint,
@@ -143,28 +144,15 @@ class StyleVARTrainConfig:
     mixed_precision: str = "no"
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
-        if not 0 < self.lr < 1:
-            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup (a fraction of the steps) must be in [0, 1), got {self.warmup}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        check_range(self, ("steps", "batch_size", "log_every", "ckpt_every"), 1)
+        check_range(self, ("lr",), 0, 1, "()")
+        check_range(self, ("warmup",), 0, 1, "[)", note="a fraction of the steps")
+        check_range(self, ("weight_decay", "num_workers"), 0)
+        check_range(self, ("grad_clip",), 0, ends="(]")
+        check_range(self, ("label_smoothing",), 0, 1, "[)")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two values in [0, 1), got {self.betas}")
-        if not 0 <= self.alpha_jitter <= 0.5:
-            raise ValueError(f"alpha_jitter must be in [0, 0.5] (0: off), got {self.alpha_jitter}")
-        if self.log_every < 1 or self.ckpt_every < 1:
-            raise ValueError(
-                f"log_every and ckpt_every must be >= 1, got {self.log_every}, {self.ckpt_every}"
-            )
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        check_range(self, ("alpha_jitter",), 0, 0.5, note="0: off")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(
                 f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}"

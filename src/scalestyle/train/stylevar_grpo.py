@@ -55,7 +55,7 @@ from scalestyle.models.stylevar import StyleVAR, TransferInputs
 from scalestyle.models.vqvae import VQVAE, IndexCodec
 from scalestyle.sampling import PathPlan, ScaleEvent, run_scales
 from scalestyle.stylevar_weights import load_stylevar_models, resolve_stylevar_files, save_stylevar_dir
-from scalestyle.train.common import JsonlLog, load_checkpoint, save_checkpoint, step_generator
+from scalestyle.train.common import JsonlLog, check_range, load_checkpoint, save_checkpoint, step_generator
 from scalestyle.train.rewards import Reward
 from scalestyle.train.stylevar import panw_weights_L
 from scalestyle.weights import CONFIG_FILE, LAYOUT_FILE
@@ -116,39 +116,23 @@ class GRPOConfig:
     ckpt_every: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "lora_rank", "merge_cooldown", "log_every", "ckpt_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.group_size < 2:
-            raise ValueError(
-                f"group_size must be >= 2 (advantages need a group's std), got {self.group_size}"
-            )
-        if not 0 < self.clip_eps < 1:
-            raise ValueError(f"clip_eps must be in (0, 1), got {self.clip_eps}")
-        for name in ("log_ratio_clamp", "kl_beta", "kl_skip", "lora_alpha", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 <= self.panw_gamma <= 4:
-            raise ValueError(f"panw_gamma must be in [0, 4], got {self.panw_gamma}")
+        check_range(
+            self, ("steps", "batch_size", "lora_rank", "merge_cooldown", "log_every", "ckpt_every"), 1
+        )
+        check_range(self, ("group_size",), 2, note="advantages need a group's std")
+        check_range(self, ("clip_eps", "lr"), 0, 1, "()")
+        check_range(self, ("log_ratio_clamp", "kl_beta", "kl_skip", "lora_alpha", "grad_clip"), 0, ends="(]")
+        check_range(self, ("panw_gamma",), 0, 4)
         if not self.lora_targets or any(not t for t in self.lora_targets):
             raise ValueError(f"lora_targets must name at least one module, got {self.lora_targets}")
-        if not 0 < self.lr < 1:
-            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
-        if not 0 <= self.weight_decay < 1:
-            raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
+        check_range(self, ("weight_decay",), 0, 1, "[)")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two values in [0, 1), got {self.betas}")
-        if not 0 <= self.ema_beta < 1:
-            raise ValueError(f"ema_beta must be in [0, 1), got {self.ema_beta}")
-        for name in ("merge_min_gain", "merge_patience", "merge_kl", "merge_emergency_cooldown"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0 <= self.seed < SEED_MODULUS:
-            raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
+        check_range(self, ("ema_beta",), 0, 1, "[)")
+        check_range(self, ("merge_min_gain", "merge_patience", "merge_kl", "merge_emergency_cooldown"), 0)
+        check_range(self, ("top_k",), 0, note="0 disables it")
+        check_range(self, ("top_p",), 0, 1, "(]")
+        check_range(self, ("seed",), 0, SEED_MODULUS, "[)")
 
     @classmethod
     def quick(cls) -> GRPOConfig:

@@ -44,7 +44,7 @@ from scalestyle.models.bsq_vae import BSQVAE
 from scalestyle.models.infinity import Infinity
 from scalestyle.models.text_encoder import PackedText, TextEncoder
 from scalestyle.schedules import Schedule
-from scalestyle.train.common import JsonlLog, load_checkpoint, save_checkpoint, step_generator
+from scalestyle.train.common import JsonlLog, check_range, load_checkpoint, save_checkpoint, step_generator
 from scalestyle.train.vae import lr_at
 
 BatchFn = Callable[[int, int, torch.Generator], tuple[torch.Tensor, list[str]]]
@@ -74,14 +74,10 @@ class TransformerTrainConfig:
     amp: bool = True
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
-        if not 0 <= self.cond_drop < 1:
-            raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
-        if not 0 < self.lr < 1:
-            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
-        if not 0 <= self.bsc_strength <= 0.5:
-            raise ValueError(f"bsc_strength must be in [0, 0.5] (0 disables it), got {self.bsc_strength}")
+        check_range(self, ("steps", "batch_size"), 1)
+        check_range(self, ("cond_drop",), 0, 1, "[)")
+        check_range(self, ("lr",), 0, 1, "()")
+        check_range(self, ("bsc_strength",), 0, 0.5, note="0 disables it")
         if self.bsc_scales is not None and self.bsc_scales < 1:
             raise ValueError(f"bsc_scales must be >= 1 or None (every scale), got {self.bsc_scales}")
         if self.scale_weighting not in SCALE_WEIGHTINGS:

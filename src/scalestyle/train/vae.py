@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from scalestyle.config import BSQVAEConfig
 from scalestyle.models.bsq_vae import BSQVAE
-from scalestyle.train.common import JsonlLog, load_checkpoint, save_checkpoint, step_generator
+from scalestyle.train.common import JsonlLog, check_range, load_checkpoint, save_checkpoint, step_generator
 
 BatchFn = Callable[[int, int, torch.Generator], torch.Tensor]
 """(step, batch_size, generator) -> images (B, 3, P, P) in [-1, 1]."""
@@ -44,10 +44,8 @@ class VAETrainConfig:
     amp: bool = True
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
-        if not 0 < self.lr < 1:
-            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
+        check_range(self, ("steps", "batch_size"), 1)
+        check_range(self, ("lr",), 0, 1, "()")
 
 
 class RandomFeatures(nn.Module):

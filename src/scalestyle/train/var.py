@@ -32,7 +32,7 @@ from scalestyle.config import VARConfig, VARPreset
 from scalestyle.models.var import VAR, ClassLabels
 from scalestyle.models.vqvae import VQVAE
 from scalestyle.schedules import var_schedule
-from scalestyle.train.common import JsonlLog, load_checkpoint, save_checkpoint, step_generator
+from scalestyle.train.common import JsonlLog, check_range, load_checkpoint, save_checkpoint, step_generator
 from scalestyle.train.transformer import SCALE_WEIGHTINGS, scale_loss_weights
 from scalestyle.train.vae import lr_at
 
@@ -62,23 +62,13 @@ class VARTrainConfig:
     amp: bool = False
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
-        if not 0 < self.lr < 1:
-            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
-        if not 0 <= self.class_drop < 1:
-            raise ValueError(f"class_drop must be in [0, 1), got {self.class_drop}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        check_range(self, ("steps", "batch_size", "log_every", "ckpt_every"), 1)
+        check_range(self, ("lr",), 0, 1, "()")
+        check_range(self, ("class_drop", "label_smoothing"), 0, 1, "[)")
+        check_range(self, ("weight_decay",), 0)
         if self.scale_weighting not in SCALE_WEIGHTINGS:
             raise ValueError(
                 f"scale_weighting must be one of {SCALE_WEIGHTINGS}, got {self.scale_weighting!r}"
-            )
-        if self.log_every < 1 or self.ckpt_every < 1:
-            raise ValueError(
-                f"log_every and ckpt_every must be >= 1, got {self.log_every}, {self.ckpt_every}"
             )
 
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from scalestyle.config import VQVAEConfig
 from scalestyle.models.vqvae import VQVAE, VectorQuantizer
-from scalestyle.train.common import JsonlLog, load_checkpoint, save_checkpoint, step_generator
+from scalestyle.train.common import JsonlLog, check_range, load_checkpoint, save_checkpoint, step_generator
 from scalestyle.train.vae import RandomFeatures, gram_BCC, lr_at
 
 BatchFn = Callable[[int, int, torch.Generator], torch.Tensor]
@@ -67,19 +67,10 @@ class VQVAETrainConfig:
     amp: bool = False
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
-        if not 0 < self.lr < 1:
-            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
-        for name in ("l1", "l2", "gram", "vq", "beta"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.restart_every < 0:
-            raise ValueError(f"restart_every must be >= 0 (0 disables restarts), got {self.restart_every}")
-        if self.log_every < 1 or self.ckpt_every < 1:
-            raise ValueError(
-                f"log_every and ckpt_every must be >= 1, got {self.log_every}, {self.ckpt_every}"
-            )
+        check_range(self, ("steps", "batch_size", "log_every", "ckpt_every"), 1)
+        check_range(self, ("lr",), 0, 1, "()")
+        check_range(self, ("l1", "l2", "gram", "vq", "beta"), 0)
+        check_range(self, ("restart_every",), 0, note="0 disables restarts")
 
 
 @dataclass(frozen=True)
