@@ -1305,7 +1305,7 @@ def _transfer_parser(sub: Subparsers) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from scalestyle.locate import model_folder
+    from scalestyle.locate import adapter_folder, model_folder
 
     if args.max_upload_mb <= 0:
         raise CliError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
@@ -1316,11 +1316,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             and not (flag == "--transfer-model" and args.transfer_random_weights)
         ):
             raise CliError(f"{flag} {value!r}: no model folder at {model_folder(value)}")
-    if args.stylear_adapter is not None:
+    stylear = None if args.stylear_adapter is None else adapter_folder(args.stylear_adapter)
+    if stylear is not None:
         from scalestyle.models.stylear import CONFIG_FILE, WEIGHTS_FILE
 
-        folder = Path(args.stylear_adapter)
-        if not all((folder / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE)):
+        if not all((stylear / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE)):
             raise CliError(
                 f"--stylear-adapter {args.stylear_adapter!r}: not a StyleAR adapter folder (needs "
                 f"{CONFIG_FILE} and {WEIGHTS_FILE}, as `scalestyle train stylear` writes)"
@@ -1335,7 +1335,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         device=args.device,
         transfer_model=args.transfer_model,
         transfer_random_weights=args.transfer_random_weights,
-        stylear_adapter=Path(args.stylear_adapter) if args.stylear_adapter else None,
+        stylear_adapter=stylear,
         host=args.host,
         port=args.port,
         concurrency=args.concurrency,
@@ -1372,7 +1372,8 @@ def _serve_parser(sub: Subparsers) -> None:
         "--stylear-adapter",
         "--adapter",
         default=None,
-        help="StyleAR adapter folder (stylize's --adapter): adds the stylear method to Stylize",
+        help="StyleAR adapter folder (stylize's --adapter; stylear-demo: the shipped one): adds the "
+        "stylear method to Stylize",
     )
     p.add_argument("--concurrency", type=_at_least(1), default=1, help="model jobs the queue runs at once")
     p.add_argument(

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 ADAPTER_HELP = (
     "adapter folder: a subject adapter (`scalestyle train subject`; repeat for several subjects) or, "
-    "with stylize --method stylear, one StyleAR adapter"
+    "with stylize --method stylear, one StyleAR adapter (stylear-demo: the one shipped for the demo)"
 )
 
 
@@ -33,12 +33,13 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
 
 def split_adapters(dirs: Sequence[str] | None) -> tuple[str | None, list[str]]:
     """(the StyleAR adapter or None, the subject adapters) of ``--adapter`` folders, read before any
-    model loads; more than one StyleAR adapter is an error."""
+    model loads; more than one StyleAR adapter is an error. ``stylear-demo`` names the shipped adapter."""
+    from scalestyle.locate import adapter_folder
     from scalestyle.models.subject import adapter_kind
 
     stylear: list[str] = []
     subjects: list[str] = []
-    for folder in dirs or ():
+    for folder in (str(adapter_folder(d)) for d in dirs or ()):
         (stylear if adapter_kind(folder) == "stylear" else subjects).append(folder)
     if len(stylear) > 1:
         raise ValueError(f"one StyleAR --adapter at a time, got {len(stylear)}: {', '.join(stylear)}")

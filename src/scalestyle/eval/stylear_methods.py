@@ -21,6 +21,7 @@ from typing import Any
 from PIL import Image
 
 from scalestyle.eval.methods import DEFAULT_METHODS, METHODS, Method, Request, get_methods
+from scalestyle.locate import adapter_folder
 from scalestyle.method.stylear import StyleARPipeline
 from scalestyle.models.stylear import CONFIG_FILE, WEIGHTS_FILE, StyleARAdapter, StyleARSettings
 from scalestyle.pipeline import Pipeline
@@ -38,13 +39,14 @@ class StyleARSpec:
 
 
 def parse_stylear_spec(text: str) -> StyleARSpec:
-    """``NAME=DIR`` or ``NAME=DIR:no-se``; the folder must be an adapter (config.json + weights)."""
+    """``NAME=DIR`` or ``NAME=DIR:no-se``; the folder must be an adapter (config.json + weights), DIR
+    ``stylear-demo`` the shipped one."""
     name, sep, rest = text.partition("=")
     if not sep or not name.strip() or not rest:
         raise ValueError(f"--stylear wants NAME=DIR or NAME=DIR:{NO_SE}, got {text!r}")
     name = name.strip()
     se = not rest.endswith(f":{NO_SE}")
-    folder = Path(rest.removesuffix(f":{NO_SE}"))
+    folder = adapter_folder(rest.removesuffix(f":{NO_SE}"))
     if name in METHODS or name == "ours":
         raise ValueError(f"--stylear {text!r}: {name!r} is a built-in method's name; pick another")
     if not all((folder / f).is_file() for f in (CONFIG_FILE, WEIGHTS_FILE)):

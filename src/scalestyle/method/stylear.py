@@ -100,10 +100,12 @@ class StyleARPipeline:
     def load(
         cls, pipe: Pipeline, adapter: str | Path | StyleARAdapter, *, encoder_source: str | Path | None = None
     ) -> StyleARPipeline:
-        """``adapter``: a folder or a loaded adapter (moved to the pipeline's device); its encoder is made
-        by :func:`make_encoder`."""
+        """``adapter``: a folder, ``"stylear-demo"`` (the adapter shipped for the demo model) or a loaded
+        adapter (moved to the pipeline's device); its encoder is made by :func:`make_encoder`."""
         if not isinstance(adapter, StyleARAdapter):
-            adapter = StyleARAdapter.load(adapter)
+            from scalestyle.locate import adapter_folder
+
+            adapter = StyleARAdapter.load(adapter_folder(adapter))
         adapter = adapter.to(pipe.device)
         if not isinstance(pipe.transformer, Infinity):
             raise ValueError(f"StyleAR runs on Infinity models; {pipe.model_name} is not one")
