@@ -12,14 +12,16 @@ import torch
 
 from scalestyle.data import procedural as world
 from scalestyle.data.folder import ImageFolder
+from scalestyle.models.stylear import TEXT_LORA_TARGETS
 from scalestyle.models.subject import (
+    DEFAULT_TARGETS,
     SubjectAdapter,
     SubjectConfig,
     adapter_kind,
     lora_applied,
     merged,
 )
-from scalestyle.pipeline import Pipeline
+from scalestyle.pipeline import Pipeline, bundled_demo_dir
 from scalestyle.train.subject import SubjectTrainConfig, subject_batch, subject_caption, train_subject
 from scalestyle.train.transformer import encode_batch
 
@@ -40,8 +42,10 @@ def write_folder(root: Path, subject: str, n: int, caption: str | None) -> Path:
     return root
 
 
-def trained_like(pipe: Pipeline, seed: int, token: str = "sks") -> SubjectAdapter:
-    adapter = SubjectAdapter(SubjectConfig(token, "star", 128, lora_rank=2))
+def trained_like(
+    pipe: Pipeline, seed: int, token: str = "sks", targets: tuple[str, ...] = DEFAULT_TARGETS
+) -> SubjectAdapter:
+    adapter = SubjectAdapter(SubjectConfig(token, "star", 128, lora_rank=2, lora_targets=targets))
     with lora_applied(pipe.transformer, [adapter], seed=seed):  # fresh LoRA: B = 0
         pass
     g = torch.Generator().manual_seed(seed)
@@ -104,10 +108,51 @@ def test_merged_equals_unmerged_for_one_and_two_adapters(pipe: Pipeline) -> None
             unmerged = logits(pipe)
         with merged(pipe.transformer, adapters):  # type: ignore[arg-type]
             folded = logits(pipe)
-        torch.testing.assert_close(folded, unmerged, rtol=1e-4, atol=1e-4)
+        # float32 rounding of the folded caption projection reaches every layer's keys and values
+        torch.testing.assert_close(folded, unmerged, rtol=1e-3, atol=1e-3)
     with lora_applied(pipe.transformer, [a]):  # type: ignore[arg-type]
         only_a = logits(pipe)
-    assert not torch.allclose(only_a, unmerged, atol=1e-4)  # two adapters are not one
+    assert not torch.allclose(only_a, unmerged, atol=1e-2)  # two adapters are not one
+
+
+def test_text_targets_adapt_the_caption_memory_and_merge_exactly(pipe: Pipeline) -> None:
+    adapter = trained_like(pipe, 4, targets=TEXT_LORA_TARGETS)
+    assert adapter.lora and all(k.startswith("text_proj_for_ca.") for k in adapter.lora)
+    base = logits(pipe)
+    with lora_applied(pipe.transformer, [adapter]):  # type: ignore[arg-type]
+        unmerged = logits(pipe)
+    with merged(pipe.transformer, [adapter]):  # type: ignore[arg-type]
+        folded = logits(pipe)
+    assert not torch.allclose(unmerged, base, atol=1e-2)
+    # float32 rounding of the folded weight reaches every layer's keys and values through the memory
+    torch.testing.assert_close(folded, unmerged, rtol=1e-3, atol=1e-3)
+    assert torch.equal(logits(pipe), base)
+
+
+def test_shape_judge_learns_contents_and_subjects(pipe: Pipeline, tmp_path: Path) -> None:
+    from scalestyle.eval.subject import SHAPE_JUDGE_FILE, score_images, train_shape_judge
+    from scalestyle.eval.world import Judges
+    from scalestyle.train.classifiers import classifier_batch
+
+    shapes = world.CONTENTS + world.SUBJECTS
+    img, c_idx, s_idx = classifier_batch(0, 24, torch.Generator().manual_seed(0), shapes=shapes)
+    i = next(j for j, c in enumerate(c_idx.tolist()) if shapes[c] in world.SUBJECTS)
+    seed = world.SPLIT_SEEDS["classifier"][i]
+    truth = world.render_subject(shapes[int(c_idx[i])], world.STYLES[int(s_idx[i])], seed).image
+    assert torch.equal(img[i], world.to_tensor(truth))
+    judge = train_shape_judge(pipe.vae, pipe.schedule_for(), tmp_path, steps=2)  # type: ignore[arg-type]
+    assert judge.labels == shapes and (tmp_path / SHAPE_JUDGE_FILE).is_file()
+    again = train_shape_judge(pipe.vae, pipe.schedule_for(), tmp_path, steps=2)  # type: ignore[arg-type]
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(judge.state_dict().values(), again.state_dict().values(), strict=True)
+    )
+    images = [world.render_subject("cactus", "plain", 0).image, world.render("tree", "neon", 1).image]
+    scores = score_images(images, "cactus", ["plain", "neon"], Judges.load(bundled_demo_dir()), judge)
+    assert all(sc.judged in shapes for sc in scores)
+    assert [
+        sc.judged for sc in score_images(images, "cactus", ["plain", "neon"], Judges.load(bundled_demo_dir()))
+    ] == ["", ""]
 
 
 def test_save_load_round_trip_and_kind(pipe: Pipeline, tmp_path: Path) -> None:

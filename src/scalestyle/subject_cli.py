@@ -95,13 +95,14 @@ def add_train_parser(train_sub: Any, formatter: type[argparse.HelpFormatter]) ->
     p.add_argument("--work-dir", default="runs/subject", help="checkpoint and log (resumable)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps; default: 300")
     p.add_argument("--batch-size", type=int, default=None, help="subject images per step; default: 4")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate; default: 1e-3")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate; default: 3e-3")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank")
     p.add_argument("--alpha", type=int, default=None, help="LoRA alpha; default: the rank (scale 1)")
     p.add_argument(
         "--targets",
         default=None,
-        help="comma-separated block modules, of sa.proj, ca.mat_q, ca.proj, ffn.fc1, ffn.fc2; default: all",
+        help="comma-separated modules, of sa.proj, ca.mat_q, ca.proj, ffn.fc1, ffn.fc2 (in every block) and "
+        "text_proj_for_ca.0, text_proj_for_ca.2 (the caption memory); default: all",
     )
     p.add_argument("--seed", type=int, default=0, help="LoRA initialisation and data seed")
     p.add_argument("--quick", action="store_true", help="a 2-step smoke run")

@@ -73,6 +73,11 @@ ENCODER_KINDS: tuple[str, ...] = ("clip", "vae")
 LORA_TARGETS: tuple[str, ...] = ("sa.proj", "ca.mat_q", "ca.proj", "ffn.fc1", "ffn.fc2")
 """Block modules a LoRA can adapt. ``sa.mat_qkv`` and ``ca.mat_kv`` are not among them: the attention
 modules call ``F.linear`` on their weights (with a concatenated bias), so a LoRA there would never run."""
+TEXT_LORA_TARGETS: tuple[str, ...] = ("text_proj_for_ca.0", "text_proj_for_ca.2")
+"""Modules outside the blocks a LoRA can adapt: the caption memory's projection, shared by every layer's
+cross-attention keys and values. It is the only place a LoRA can change what a caption's tokens say to
+the blocks (the key/value weights themselves are ``F.linear``'d), which a subject adapter needs to bind a
+new identifier to a shape."""
 DEFAULT_LORA_TARGETS = ("sa.proj", "ca.mat_q", "ca.proj", "ffn.fc2")
 LORA_ADAPTER_NAME = "stylear"
 CONFIG_FILE = "config.json"
@@ -168,16 +173,23 @@ class StyleARSettings:
 
 
 def block_lora_config(rank: int, alpha: int | None, targets: Sequence[str]) -> Any:
-    """peft's ``LoraConfig`` for ``targets`` (module names inside an Infinity block) at ``rank``, scaled by
-    ``alpha`` (None: the rank, a scale of 1); StyleAR's and the subject adapters' LoRA."""
+    """peft's ``LoraConfig`` for ``targets`` at ``rank``, scaled by ``alpha`` (None: the rank, a scale of
+    1); StyleAR's and the subject adapters' LoRA. A target is a module name inside every Infinity block
+    (:data:`LORA_TARGETS`) or a top-level module (:data:`TEXT_LORA_TARGETS`)."""
     from peft import LoraConfig
 
-    names = "|".join(t.replace(".", r"\.") for t in targets)
+    def alternatives(names: Sequence[str]) -> str:
+        return "|".join(t.replace(".", r"\.") for t in names)
+
+    block = [t for t in targets if t not in TEXT_LORA_TARGETS]
+    top = [t for t in targets if t in TEXT_LORA_TARGETS]
+    # full-name regexes: "ca.proj" as a suffix would also match the text pool's proj
+    patterns = [rf"block_chunks\.\d+\.module\.\d+\.({alternatives(block)})"] if block else []
+    patterns += [f"({alternatives(top)})"] if top else []
     return LoraConfig(
         r=rank,
         lora_alpha=alpha if alpha is not None else rank,
-        # a regex over the blocks only: "ca.proj" as a suffix would also match the text pool's proj
-        target_modules=rf"block_chunks\.\d+\.module\.\d+\.({names})",
+        target_modules="|".join(patterns),
         lora_dropout=0.0,
     )
 

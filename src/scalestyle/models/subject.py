@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from scalestyle.models.stylear import LORA_TARGETS, block_lora_config
+from scalestyle.models.stylear import LORA_TARGETS, TEXT_LORA_TARGETS, block_lora_config
 
 if TYPE_CHECKING:
     from scalestyle.models.infinity import Infinity
@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "adapter.safetensors"
 SECTION = "subject"
-DEFAULT_TARGETS: tuple[str, ...] = ("sa.proj", "ca.mat_q", "ca.proj", "ffn.fc1", "ffn.fc2")
+# the caption memory's projection too: the only place a LoRA can change what the identifier's tokens say
+# to the blocks (:data:`~scalestyle.models.stylear.TEXT_LORA_TARGETS`); docs/proxy_tuning.md measures it
+DEFAULT_TARGETS: tuple[str, ...] = LORA_TARGETS + TEXT_LORA_TARGETS
 SUBJECT_PLACEHOLDER = "{subject}"
 """In a training caption, stands for ``"<token> <class word>"`` (the teacher writes its captions so)."""
 
@@ -66,11 +68,10 @@ class SubjectConfig:
             raise ValueError(f"lora_rank must be in [1, 1024], got {self.lora_rank}")
         if self.lora_alpha is not None and not 1 <= self.lora_alpha <= 1 << 16:
             raise ValueError(f"lora_alpha must be in [1, 65536] or None (= rank), got {self.lora_alpha}")
-        bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        allowed = LORA_TARGETS + TEXT_LORA_TARGETS
+        bad = [t for t in self.lora_targets if t not in allowed]
         if bad or not self.lora_targets:
-            raise ValueError(
-                f"lora_targets must be a non-empty subset of {LORA_TARGETS}, got {self.lora_targets}"
-            )
+            raise ValueError(f"lora_targets must be a non-empty subset of {allowed}, got {self.lora_targets}")
 
     @property
     def phrase(self) -> str:
