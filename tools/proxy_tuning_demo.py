@@ -31,10 +31,10 @@ from PIL import Image, ImageDraw
 from scalestyle.config import SamplingConfig
 from scalestyle.data import procedural as world
 from scalestyle.data.folder import ImageFolder
-from scalestyle.eval.subject import SubjectScore, mask_iou, object_mask, score_images
+from scalestyle.eval.subject import SubjectScore, mask_iou, object_mask, score_images, train_shape_judge
 from scalestyle.eval.world import Judges
 from scalestyle.method.style import StylePipeline
-from scalestyle.models.subject import SubjectAdapter, SubjectConfig, merged
+from scalestyle.models.subject import DEFAULT_TARGETS, SubjectAdapter, SubjectConfig, merged
 from scalestyle.pipeline import Pipeline, bundled_demo_dir
 from scalestyle.teacher import DEFAULT_TEACHER_STYLES, WorldTeacherConfig, world_teacher
 from scalestyle.train.subject import SubjectTrainConfig, train_subject
@@ -56,12 +56,21 @@ parser.add_argument("--rank", type=int, default=8, help="LoRA rank")
 parser.add_argument("--seeds", type=int, default=4, help="images per (system, style)")
 parser.add_argument("--prefix-scales", type=int, default=5, help="scales trained (0: all)")
 parser.add_argument("--prior-weight", type=float, default=1.0, help="prior-preservation weight")
+parser.add_argument("--lr", type=float, default=SubjectTrainConfig.lr, help="peak learning rate")
+parser.add_argument(
+    "--targets", default=",".join(DEFAULT_TARGETS), help="LoRA target modules, comma-separated"
+)
+parser.add_argument("--subjects", default=",".join(TOKENS), help="subjects to tune, comma-separated")
+parser.add_argument("--judge-steps", type=int, default=400, help="training steps of the shape judge")
 args = parser.parse_args()
+subjects = {s: TOKENS[s] for s in args.subjects.split(",")}
+targets = tuple(args.targets.split(","))
 work = Path(args.work)
 work.mkdir(parents=True, exist_ok=True)
 torch.set_num_threads(max(1, torch.get_num_threads()))
 pipe = Pipeline.load(None, device="cpu")
 judges = Judges.load(bundled_demo_dir())
+shape_judge = train_shape_judge(pipe.vae, pipe.schedule_for(), work / "shape_judge", steps=args.judge_steps)  # type: ignore[arg-type]
 results: dict[str, object] = {
     "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU",
     "commit": subprocess.run(
@@ -73,23 +82,26 @@ results: dict[str, object] = {
         "rank": args.rank,
         "seeds": args.seeds,
         "prior_weight": args.prior_weight,
+        "lr": args.lr,
+        "targets": list(targets),
+        "judge_steps": args.judge_steps,
     },
 }
 train_cfg = SubjectTrainConfig(
-    steps=args.steps, prior_weight=args.prior_weight, prefix_scales=args.prefix_scales or None,
+    steps=args.steps, lr=args.lr, prior_weight=args.prior_weight, prefix_scales=args.prefix_scales or None,
     log_every=25, ckpt_every=50,
 )  # fmt: skip
 results["train_config"] = {k: v for k, v in train_cfg.__dict__.items()}
 adapters: dict[str, SubjectAdapter] = {}
 seconds: dict[str, float] = {}
-for subject, token in TOKENS.items():
+for subject, token in subjects.items():
     teacher = work / f"teacher_{subject}"
     if not (teacher / "teacher.json").is_file():
         world_teacher(WorldTeacherConfig(subject), teacher)
     out = work / f"adapter_{subject}"
     if not (out / "config.json").is_file():
         cls = world.SUBJECT_CLASSES[subject]
-        adapter = SubjectAdapter(SubjectConfig(token, cls, 128, lora_rank=args.rank))
+        adapter = SubjectAdapter(SubjectConfig(token, cls, 128, lora_rank=args.rank, lora_targets=targets))
         t0 = time.perf_counter()
         train_subject(
             pipe, adapter, train_cfg, ImageFolder(teacher / "images", (64, 64)), work / f"train_{subject}",
@@ -106,6 +118,10 @@ def generate(prompt: str, seed: int) -> Image.Image:
     return pipe(prompt, sampling=SamplingConfig(seed=seed)).images[0]
 
 
+def score(images: list[Image.Image], subject: str, styles: list[str]) -> list[SubjectScore]:
+    return score_images(images, subject, styles, judges, shape_judge)
+
+
 def summary(scores: list[SubjectScore], styles: list[str]) -> dict[str, float | str]:
     return {
         "n": len(scores),
@@ -113,6 +129,10 @@ def summary(scores: list[SubjectScore], styles: list[str]) -> dict[str, float | 
         "iou_class": round(mean(s.iou_class for s in scores), 3),
         "subject_rate": round(mean(s.is_subject for s in scores), 3),
         "nearest_top": Counter(s.nearest for s in scores).most_common(1)[0][0],
+        "judged_subject_rate": round(mean(s.judged == s.subject_name for s in scores), 3),
+        "judged_class_rate": round(
+            mean(s.judged == world.SUBJECT_CLASSES[s.subject_name] for s in scores), 3
+        ),
         "style_acc": round(mean(s.pred_style == st for s, st in zip(scores, styles, strict=True)), 3),
         "p_style": round(mean(s.p_style for s in scores), 3),
     }
@@ -121,7 +141,7 @@ def summary(scores: list[SubjectScore], styles: list[str]) -> dict[str, float | 
 table: dict[str, dict[str, dict[str, float | str]]] = {}
 sheet_rows: list[tuple[str, list[Image.Image]]] = []
 seeds = list(range(args.seeds))
-for subject, token in TOKENS.items():
+for subject, token in subjects.items():
     cls = world.SUBJECT_CLASSES[subject]
     rows: dict[str, dict[str, float | str]] = {}
     for split, styles in (("teacher styles", DEFAULT_TEACHER_STYLES), ("unseen styles", UNSEEN)):
@@ -129,34 +149,38 @@ for subject, token in TOKENS.items():
         style_list = [st for st, _ in cases]
         renders = [world.render_subject(subject, st, world.EVAL_SEEDS[k]) for st, k in cases]
         rows[f"teacher (world renders) / {split}"] = summary(
-            score_images([r.image for r in renders], subject, style_list, judges), style_list
+            score([r.image for r in renders], subject, style_list), style_list
         )
         rows[f"instrument mask IoU / {split}"] = {
             "mask_iou": round(mean(mask_iou(object_mask(r.image), r.mask) for r in renders), 3)
         }
         prompts = [f"a {token} {cls} in {world.style_caption(st)}" for st, _ in cases]
         base = [generate(p, k) for p, (_, k) in zip(prompts, cases, strict=True)]
-        rows[f"base model / {split}"] = summary(score_images(base, subject, style_list, judges), style_list)
+        rows[f"base model / {split}"] = summary(score(base, subject, style_list), style_list)
+        # the ceiling: how often the base model's drawing of its own class word reads as that class
+        base_class = [generate(f"a {cls} in {world.style_caption(st)}", k) for st, k in cases]
+        rows[f"base model, class prompt / {split}"] = summary(
+            score(base_class, subject, style_list), style_list
+        )
         with merged(pipe.transformer, [adapters[subject]]):  # type: ignore[arg-type]
             student = [generate(p, k) for p, (_, k) in zip(prompts, cases, strict=True)]
             class_only = [
                 generate(f"a {cls} in {world.style_caption(st)}", k) for st, k in cases
             ]  # prior preservation: the class word alone should still draw the class
-        rows[f"student / {split}"] = summary(score_images(student, subject, style_list, judges), style_list)
-        rows[f"student, class prompt / {split}"] = summary(
-            score_images(class_only, subject, style_list, judges), style_list
-        )
-        with merged(pipe.transformer, list(adapters.values())):  # type: ignore[arg-type]
-            both = [generate(p, k) for p, (_, k) in zip(prompts, cases, strict=True)]
-        rows[f"student, both adapters / {split}"] = summary(
-            score_images(both, subject, style_list, judges), style_list
-        )
+        rows[f"student / {split}"] = summary(score(student, subject, style_list), style_list)
+        rows[f"student, class prompt / {split}"] = summary(score(class_only, subject, style_list), style_list)
+        both = student
+        if len(adapters) > 1:  # multi-subject: every adapter folded in at once
+            with merged(pipe.transformer, list(adapters.values())):  # type: ignore[arg-type]
+                both = [generate(p, k) for p, (_, k) in zip(prompts, cases, strict=True)]
+            rows[f"student, both adapters / {split}"] = summary(score(both, subject, style_list), style_list)
         if split == "unseen styles":
             picks = [UNSEEN.index(s) * len(seeds) for s in UNSEEN[:6]]
             sheet_rows.append((f"{subject}: teacher (world)", [renders[i].image for i in picks]))
             sheet_rows.append((f"{subject}: base", [base[i] for i in picks]))
             sheet_rows.append((f"{subject}: student", [student[i] for i in picks]))
-            sheet_rows.append((f"{subject}: both adapters", [both[i] for i in picks]))
+            if len(adapters) > 1:
+                sheet_rows.append((f"{subject}: both adapters", [both[i] for i in picks]))
     # the training-free method on held-out style references, the subject adapter merged under it
     styler = StylePipeline(pipe)
     held = [(st, k) for st in world.HELD_OUT_STYLES for k in seeds[:2]]
@@ -170,7 +194,7 @@ for subject, token in TOKENS.items():
             )  # fmt: skip
     held_styles = [st for st, _ in held]
     rows["student + training-free stylize / held-out references"] = summary(
-        score_images(outs, subject, held_styles, judges), held_styles
+        score(outs, subject, held_styles), held_styles
     )
     sheet_rows.append((f"{subject}: stylize, held-out refs", outs[::2][:6]))
     table[subject] = rows

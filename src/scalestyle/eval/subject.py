@@ -12,6 +12,11 @@ subject's shape, and the prompt's style?
 - :func:`nearest_shape`: which of the subject and every world content a mask matches best (pose-free
   IoU); the subject rate counts images whose nearest shape is the subject. A blob is nearer the circle
   than the hexstar, so this is stricter than comparing the subject with its class alone.
+- :func:`train_shape_judge`: a second instrument, the content judge's network trained the same way (the
+  world's classifier split, a quarter of each batch through the model's VAE so that its blur is seen) on
+  the contents and the subjects. Where the colour clustering loses a blurry silhouette, a judge that has
+  seen the tokenizer's renderings still reads it; the table reports both, and the base model's rate on
+  the class word (its own known shape) as the ceiling of either.
 - Prompt fidelity: the bundled style classifier (:class:`scalestyle.eval.world.Judges`) reads the style.
 """
 
@@ -20,12 +25,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 from scalestyle.data import procedural as world
+
+if TYPE_CHECKING:
+    from scalestyle.eval.classifier import WorldClassifier
+    from scalestyle.models.bsq_vae import BSQVAE
+    from scalestyle.schedules import Schedule
 
 NORM_SIDE = 32
 REFERENCE_POSES = 24
@@ -114,13 +126,44 @@ class SubjectScore:
         return self.nearest == self.subject_name
 
     subject_name: str = ""
+    judged: str = ""
+    """The shape judge's reading (empty without one)."""
+
+
+SHAPE_JUDGE_FILE = "shape_classifier.safetensors"
+
+
+def train_shape_judge(
+    vae: BSQVAE, schedule: Schedule, out_dir: Path, *, steps: int = 400, seed: int = 0
+) -> WorldClassifier:
+    """The shape judge (contents and subjects) in ``out_dir``: loaded when there, else trained (the
+    content judge's recipe, :func:`scalestyle.train.classifiers.train_classifiers`) and saved."""
+    from scalestyle.eval.classifier import WorldClassifier
+    from scalestyle.train.classifiers import ClassifierTrainConfig, train_classifiers
+
+    path = out_dir / SHAPE_JUDGE_FILE
+    if path.is_file():
+        return WorldClassifier.load(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = ClassifierTrainConfig(steps=steps, batch_size=32, recon_fraction=0.25, seed=seed)
+    judge, _ = train_classifiers(
+        cfg, out_dir, vae=vae, schedule=schedule, progress=False, shapes=world.CONTENTS + world.SUBJECTS
+    )
+    judge.save(path)
+    return judge
 
 
 def score_images(
-    images: Sequence[Image.Image], subject: str, styles: Sequence[str], judges: object
+    images: Sequence[Image.Image],
+    subject: str,
+    styles: Sequence[str],
+    judges: object,
+    shape_judge: WorldClassifier | None = None,
 ) -> list[SubjectScore]:
     """Scores of ``images`` asked to show ``subject`` in ``styles`` (one a image), read by ``judges``
-    (:class:`scalestyle.eval.world.Judges`)."""
+    (:class:`scalestyle.eval.world.Judges`) and, when given, the shape judge (:func:`train_shape_judge`)."""
+    import torch
+
     from scalestyle.eval.world import Judges
 
     if not isinstance(judges, Judges):
@@ -128,6 +171,11 @@ def score_images(
     if len(images) != len(styles):
         raise ValueError(f"{len(images)} images but {len(styles)} styles")
     _, pred, probs = judges.judge(images)
+    judged = [""] * len(images)
+    if shape_judge is not None:
+        with torch.no_grad():
+            batch = torch.stack([world.to_tensor(im.convert("RGB").resize((64, 64))) for im in images])
+            judged = shape_judge.predict(batch)
     cls = world.SUBJECT_CLASSES[subject]
     out = []
     for i, (image, style) in enumerate(zip(images, styles, strict=True)):
@@ -140,6 +188,7 @@ def score_images(
                 pred[i],
                 float(probs[i, world.STYLES.index(style)]),
                 subject,
+                judged[i],
             )
         )
     return out
