@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from scalestyle.data import procedural as world
-from scalestyle.eval.classifier import WorldClassifier
+from scalestyle.eval.classifier import WorldClassifier, judge_batch
 
 Scorer = Callable[[list[Image.Image], list[str]], list[float]]
 
@@ -46,7 +46,7 @@ def classifier_scorer(classifier: WorldClassifier, kind: Literal["content", "sty
     def score(images: list[Image.Image], texts: list[str]) -> list[float]:
         _check_batch(images, texts)
         # the same resize as the world evaluation's judges (PIL bicubic to the classifiers' 64x64)
-        batch = torch.stack([world.to_tensor(im.convert("RGB").resize((64, 64))) for im in images])
+        batch = judge_batch(images)
         param = next(classifier.parameters())
         probs = classifier(batch.to(param.device, param.dtype)).float().softmax(1).cpu()
         out = []

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from scalestyle.data import procedural as world
+
+
+def judge_batch(images: Sequence[Image.Image]) -> torch.Tensor:
+    """The classifiers' input (B, 3, 64, 64) in [-1, 1]: each image in RGB, PIL bicubic to 64x64."""
+    return torch.stack([world.to_tensor(im.convert("RGB").resize((64, 64))) for im in images])
 
 
 class WorldClassifier(nn.Module):

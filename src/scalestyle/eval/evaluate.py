@@ -42,8 +42,7 @@ from torch import nn
 
 from scalestyle.bench import machine_info
 from scalestyle.config import SamplingConfig
-from scalestyle.data import procedural as world
-from scalestyle.eval.classifier import WorldClassifier
+from scalestyle.eval.classifier import WorldClassifier, judge_batch
 from scalestyle.eval.methods import DEFAULT_METHODS, Method, Request, get_methods
 from scalestyle.eval.protocols import Case
 from scalestyle.eval.report import Row, slug, write_reports
@@ -184,7 +183,7 @@ def world_metrics(
 ) -> dict[str, Any]:
     """Ground truth on the procedural world: predicted content and style, whether each is the case's,
     the probabilities of the case's content and style, and leakage (the reference's content predicted)."""
-    batch = world.to_tensor(image.convert("RGB").resize((64, 64)))[None]
+    batch = judge_batch([image])
     out: dict[str, Any] = {}
     for kind, clf, want in (("content", judges.content, content), ("style", judges.style, style)):
         param = next(clf.parameters())

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from scalestyle.data import procedural as world
-from scalestyle.eval.classifier import WorldClassifier
+from scalestyle.eval.classifier import WorldClassifier, judge_batch
 from scalestyle.pipeline import bundled_references_dir
 
 FILE_NAME = "reference_fit.safetensors"
@@ -68,7 +68,7 @@ class ReferenceVerdict:
 
 def _features(judge: WorldClassifier, images: Sequence[Image.Image]) -> torch.Tensor:
     """The judge head's input (B, 2C) in float64."""
-    batch = torch.stack([world.to_tensor(im.convert("RGB").resize((64, 64))) for im in images])
+    batch = judge_batch(images)
     with torch.no_grad():
         return judge.pooled(batch).double()
 

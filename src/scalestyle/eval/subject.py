@@ -164,6 +164,7 @@ def score_images(
     (:class:`scalestyle.eval.world.Judges`) and, when given, the shape judge (:func:`train_shape_judge`)."""
     import torch
 
+    from scalestyle.eval.classifier import judge_batch
     from scalestyle.eval.world import Judges
 
     if not isinstance(judges, Judges):
@@ -174,7 +175,7 @@ def score_images(
     judged = [""] * len(images)
     if shape_judge is not None:
         with torch.no_grad():
-            batch = torch.stack([world.to_tensor(im.convert("RGB").resize((64, 64))) for im in images])
+            batch = judge_batch(images)
             judged = shape_judge.predict(batch)
     cls = world.SUBJECT_CLASSES[subject]
     out = []

@@ -21,7 +21,7 @@ from PIL import Image
 
 from scalestyle.config import SamplingConfig
 from scalestyle.data import procedural as world
-from scalestyle.eval.classifier import WorldClassifier
+from scalestyle.eval.classifier import WorldClassifier, judge_batch
 from scalestyle.method.style import StyleConfig, StylePipeline
 from scalestyle.pipeline import Pipeline
 
@@ -41,7 +41,7 @@ class Judges:
     @torch.no_grad()
     def judge(self, images: Sequence[Image.Image]) -> tuple[list[str], list[str], torch.Tensor]:
         """(content labels, style labels, style probabilities (B, styles))."""
-        batch = torch.stack([world.to_tensor(im.convert("RGB").resize((64, 64))) for im in images])
+        batch = judge_batch(images)
         style_logits = self.style(batch)
         return (
             self.content.predict(batch),

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from scalestyle.config import SamplingConfig
 from scalestyle.data import procedural as world
-from scalestyle.eval.classifier import WorldClassifier
+from scalestyle.eval.classifier import WorldClassifier, judge_batch
 from scalestyle.models.bsq_vae import BSQVAE, bits_to_codes, next_scale_input, upsample_codes
 from scalestyle.models.infinity import Infinity
 from scalestyle.models.stylear import (
@@ -215,7 +215,7 @@ class ContentJudgeReward:
         missing = [it.prompt for it in items if it.content not in self.classifier.labels]
         if missing:
             raise ValueError(f"the content judge needs world contents; items without one: {missing[:3]}")
-        batch = torch.stack([world.to_tensor(im.convert("RGB").resize((64, 64))) for im in images])
+        batch = judge_batch(images)
         param = next(self.classifier.parameters())
         probs = self.classifier(batch.to(param.device, param.dtype)).float().softmax(1).cpu()
         index = torch.tensor([self.classifier.labels.index(str(it.content)) for it in items])
