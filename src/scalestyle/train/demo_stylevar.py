@@ -48,13 +48,14 @@ VAR_STREAM_OFFSET = 10_000_000
 
 @dataclass(frozen=True)
 class DemoStyleVARTrainConfig:
-    # One step costs about 4 CPU-seconds for the VQ-VAE at batch 16 and 13 for the VAR (680 tokens a row)
-    # on one core of the 2-core sandbox (tools/train_demo_stylevar.py --status gives a run's wall rates).
-    # Dead-code restarts keep the codebook in use (scalestyle.train.vqvae). The VAR weighs every scale
-    # alike, as the shipped Infinity demo converged to: the coarse scales, a few percent of the tokens,
-    # decide the object, which is all the class says.
+    # One step costs about 1 CPU-second for the VQ-VAE at batch 16, 0.7 for the VAR (155 tokens a row) and
+    # 0.65 for the SFT at batch 8, on one idle core of the 2-core sandbox (tools/train_demo_stylevar.py
+    # --status gives a run's wall rates): the three stages take about 80 minutes there. Dead-code restarts
+    # keep the codebook in use (scalestyle.train.vqvae). The VAR weighs every scale alike, as the shipped
+    # Infinity demo converged to: the coarse scales, a few percent of the tokens, decide the object, which
+    # is all the class says.
     vqvae: VQVAETrainConfig = field(
-        default_factory=lambda: VQVAETrainConfig(steps=1000, batch_size=16, restart_every=20)
+        default_factory=lambda: VQVAETrainConfig(steps=1500, batch_size=16, restart_every=20)
     )
     var: VARTrainConfig = field(
         default_factory=lambda: VARTrainConfig(steps=3000, batch_size=16, scale_weighting="scale")
