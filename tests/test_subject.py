@@ -4,6 +4,7 @@ exact resumption, captions, the world's subjects."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,10 @@ from scalestyle.models.subject import (
     SubjectAdapter,
     SubjectConfig,
     adapter_kind,
+    added_tokens,
     lora_applied,
     merged,
+    subjects_applied,
 )
 from scalestyle.pipeline import Pipeline, bundled_demo_dir
 from scalestyle.train.subject import SubjectTrainConfig, subject_batch, subject_caption, train_subject
@@ -60,6 +63,14 @@ def logits(pipe: Pipeline, prompt: str = "a star in style") -> torch.Tensor:
     cond = pipe.transformer.condition([pipe.encode_text([prompt])])  # type: ignore[union-attr]
     with torch.no_grad():
         return pipe.transformer(inputs, cond, schedule)  # type: ignore[call-arg]
+
+
+def assert_rounding_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Equal up to float32 rounding amplified through the layers: scaled to the logits' magnitude,
+    and much closer than that on average."""
+    scale = float(b.abs().max())
+    torch.testing.assert_close(a, b, rtol=0, atol=5e-4 * scale)
+    assert float((a - b).abs().mean()) < 1e-5 * scale
 
 
 def test_config_checks_name_the_value_and_range() -> None:
@@ -108,8 +119,9 @@ def test_merged_equals_unmerged_for_one_and_two_adapters(pipe: Pipeline) -> None
             unmerged = logits(pipe)
         with merged(pipe.transformer, adapters):  # type: ignore[arg-type]
             folded = logits(pipe)
-        # float32 rounding of the folded caption projection reaches every layer's keys and values
-        torch.testing.assert_close(folded, unmerged, rtol=1e-3, atol=1e-3)
+        # float32 rounding of the folded caption projection reaches every layer's keys and values: a few
+        # logits of magnitude ~12 move by up to 1.4e-3 (peft 0.21, transformers 5.24), the mean by 5e-6
+        assert_rounding_close(folded, unmerged)
     with lora_applied(pipe.transformer, [a]):  # type: ignore[arg-type]
         only_a = logits(pipe)
     assert not torch.allclose(only_a, unmerged, atol=1e-2)  # two adapters are not one
@@ -125,7 +137,7 @@ def test_text_targets_adapt_the_caption_memory_and_merge_exactly(pipe: Pipeline)
         folded = logits(pipe)
     assert not torch.allclose(unmerged, base, atol=1e-2)
     # float32 rounding of the folded weight reaches every layer's keys and values through the memory
-    torch.testing.assert_close(folded, unmerged, rtol=1e-3, atol=1e-3)
+    assert_rounding_close(folded, unmerged)
     assert torch.equal(logits(pipe), base)
 
 
@@ -213,3 +225,47 @@ def test_world_instruments_find_the_drawn_shape() -> None:
     assert nearest_shape(object_mask(hexstar.image), "hexstar") == "hexstar"
     assert nearest_shape(object_mask(star.image), "hexstar") == "star"
     assert shape_iou(star.mask, "star") > shape_iou(star.mask, "hexstar")
+
+
+def test_added_identifiers_round_trip_and_are_given_back(pipe: Pipeline, tmp_path: Path) -> None:
+    from scalestyle.models.text_encoder import TextEncoder
+
+    encoder = pipe.text_encoder
+    assert isinstance(encoder, TextEncoder) and not encoder.spells("<sks>")
+    a = trained_like(pipe, 5, token="<sks>")
+    a = SubjectAdapter(replace(a.cfg, add_token=True), a.lora, encoder.new_token_embedding("<sks>"))
+    b = trained_like(pipe, 6, token="<zwx>")
+    b = SubjectAdapter(replace(b.cfg, add_token=True), b.lora, encoder.new_token_embedding("<zwx>"))
+    back = SubjectAdapter.load(a.save(tmp_path / "a"))
+    assert back.cfg.add_token and back.token_E is not None and torch.equal(back.token_E, a.token_E)
+    assert list(added_tokens([a, b])) == ["<sks>", "<zwx>"]
+    base = logits(pipe, "a <sks> star")
+    with subjects_applied(pipe, [a, b]):
+        assert pipe.text_encoder is not encoder
+        assert pipe.text_encoder.spells("<sks> <zwx>")  # type: ignore[union-attr]
+        sks, zwx = logits(pipe, "a <sks> star"), logits(pipe, "a <zwx> star")
+        assert not torch.allclose(sks, zwx, atol=1e-2)  # the identifiers are no longer one <unk>
+    assert pipe.text_encoder is encoder and torch.equal(logits(pipe, "a <sks> star"), base)
+    with pytest.raises(ValueError, match="two subject adapters add the identifier"):
+        added_tokens([a, back])
+    with pytest.raises(ValueError, match="has no embedding"):
+        SubjectAdapter(replace(a.cfg, lora_rank=2)).save(tmp_path / "c")
+    with pytest.raises(ValueError, match="whose config has add_token"):
+        SubjectAdapter(trained_like(pipe, 7).cfg, None, a.token_E)
+    (tmp_path / "a" / "identifier.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"identifier\.safetensors"):
+        SubjectAdapter.load(tmp_path / "a")
+
+
+def test_training_with_an_added_identifier_fixes_its_embedding(pipe: Pipeline, tmp_path: Path) -> None:
+    from scalestyle.models.text_encoder import TextEncoder
+
+    images = ImageFolder(write_folder(tmp_path / "s", "hexstar", 2, "a {subject}"), (64, 64))
+    cfg = SubjectTrainConfig(steps=1, batch_size=1, warmup=1, ckpt_every=1, log_every=1, prefix_scales=2)
+    adapter = SubjectAdapter(SubjectConfig("<sks>", "star", 128, lora_rank=2, add_token=True))
+    encoder = pipe.text_encoder
+    trained = train_subject(pipe, adapter, cfg, images, tmp_path / "w", progress=False)
+    assert pipe.text_encoder is encoder  # the pipeline's encoder is not changed by training
+    assert isinstance(encoder, TextEncoder) and trained.token_E is not None
+    assert torch.equal(trained.token_E, encoder.new_token_embedding("<sks>"))
+    assert SubjectAdapter.load(trained.save(tmp_path / "out")).cfg.add_token

@@ -4,6 +4,7 @@ the tiny model through the real main()."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -48,15 +49,23 @@ def test_teacher_writes_captioned_subject_masks_and_class(trained: tuple[Path, P
 
 @pytest.mark.slow  # trains (fixture) and generates three images through the CLI
 def test_train_writes_an_adapter_that_generate_and_stylize_load(
-    trained: tuple[Path, Path], tiny_model_dir: Path, tmp_path: Path
+    trained: tuple[Path, Path], tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     teacher, adapter_dir = trained
     adapter = SubjectAdapter.load(adapter_dir)
     assert adapter.cfg.phrase == "sks star" and adapter.cfg.lora_rank == 2 and adapter.lora
+    # the tiny vocabulary cannot spell "sks": --add-token auto made it a token of its own
+    assert adapter.cfg.add_token and adapter.token_E is not None
+    second = SubjectAdapter(replace(adapter.cfg, token="zwx"), adapter.lora, adapter.token_E + 1)
+    second_dir = second.save(tmp_path / "second")
     model = ["--model", str(tiny_model_dir), "--quiet"]
     out = tmp_path / "g.png"
-    two = ["--adapter", str(adapter_dir), "--adapter", str(adapter_dir)]
+    two = ["--adapter", str(adapter_dir), "--adapter", str(second_dir)]
     assert main(["generate", "--prompt", "a sks star", *two, "--out", str(out), *model]) == 0
+    capsys.readouterr()
+    same = ["--adapter", str(adapter_dir), "--adapter", str(adapter_dir)]
+    assert main(["generate", "--prompt", "a sks star", *same, "--out", str(tmp_path / "x.png"), *model]) != 0
+    assert "two subject adapters add the identifier 'sks'" in capsys.readouterr().err
     assert str(adapter_dir.resolve()) in read_png_metadata(out)["model"]
     ref = str(teacher / "class" / "neon_000.png")
     out2 = tmp_path / "s.png"

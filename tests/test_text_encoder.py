@@ -279,3 +279,29 @@ def test_packed_text_validates_and_pack_padded_keeps_real_tokens() -> None:
     packed = pack_padded(feats, mask)
     assert packed.lens == (2, 3)
     assert torch.equal(packed.feats_NE, torch.cat([feats[0, :2], feats[1, :3]]))
+
+
+def test_added_tokens_are_tokens_of_their_own_and_change_nothing_else(encoder: TextEncoder) -> None:
+    assert not encoder.spells("<sks>") and encoder.spells("neon star")
+    vocab = len(encoder.tokenizer)
+    vectors = {t: encoder.new_token_embedding(t) for t in ("<sks>", "<zwx>")}
+    assert torch.equal(vectors["<sks>"], encoder.new_token_embedding("<sks>"))  # the token's text seeds it
+    assert not torch.allclose(vectors["<sks>"], vectors["<zwx>"])
+    added = encoder.with_tokens(vectors)
+    assert len(encoder.tokenizer) == vocab and not encoder.spells("<sks>")  # the original is untouched
+    assert added.spells("<sks>") and added.spells("a <ZWX> star")  # the tokenizer's lowercasing applies
+    # captions without the added tokens: the same features to the bit (inputs_embeds is T5's own lookup)
+    plain = ["a neon star", "A blueprint circle, in the style of neon", "star"]
+    a, b = encoder.encode(plain), added.encode(plain)
+    assert a.lens == b.lens and torch.equal(a.feats_NE, b.feats_NE)
+    sks, zwx = added.encode(["a <sks> star"]), added.encode(["a <zwx> star"])
+    assert sks.lens == zwx.lens == (4,)
+    assert not torch.allclose(sks.feats_NE, zwx.feats_NE, atol=1e-3)  # two identifiers, two meanings
+    ids, _ = added.tokenize(["a <sks> star"])
+    assert ids[0, 1] == vocab  # one token, not three <unk>
+    with pytest.raises(ValueError, match="already has them"):
+        added.with_tokens({"<sks>": vectors["<sks>"]})
+    with pytest.raises(ValueError, match="already has them"):
+        encoder.with_tokens({"star": vectors["<sks>"]})
+    with pytest.raises(ValueError, match="one word"):
+        encoder.with_tokens({"<a b>": vectors["<sks>"]})

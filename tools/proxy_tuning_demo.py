@@ -34,7 +34,8 @@ from scalestyle.data.folder import ImageFolder
 from scalestyle.eval.subject import SubjectScore, mask_iou, object_mask, score_images, train_shape_judge
 from scalestyle.eval.world import Judges
 from scalestyle.method.style import StylePipeline
-from scalestyle.models.subject import DEFAULT_TARGETS, SubjectAdapter, SubjectConfig, merged
+from scalestyle.models.subject import DEFAULT_TARGETS, SubjectAdapter, SubjectConfig, subjects_applied
+from scalestyle.models.text_encoder import TextEncoder
 from scalestyle.pipeline import Pipeline, bundled_demo_dir
 from scalestyle.teacher import DEFAULT_TEACHER_STYLES, WorldTeacherConfig, world_teacher
 from scalestyle.train.subject import SubjectTrainConfig, train_subject
@@ -54,7 +55,7 @@ parser.add_argument("--work", default="runs/subject", help="teacher sets, adapte
 parser.add_argument("--steps", type=int, default=300, help="optimizer steps per subject")
 parser.add_argument("--rank", type=int, default=8, help="LoRA rank")
 parser.add_argument("--seeds", type=int, default=4, help="images per (system, style)")
-parser.add_argument("--prefix-scales", type=int, default=5, help="scales trained (0: all)")
+parser.add_argument("--prefix-scales", type=int, default=0, help="scales trained (0, the default: all)")
 parser.add_argument("--prior-weight", type=float, default=1.0, help="prior-preservation weight")
 parser.add_argument("--lr", type=float, default=SubjectTrainConfig.lr, help="peak learning rate")
 parser.add_argument(
@@ -62,6 +63,12 @@ parser.add_argument(
 )
 parser.add_argument("--subjects", default=",".join(TOKENS), help="subjects to tune, comma-separated")
 parser.add_argument("--judge-steps", type=int, default=400, help="training steps of the shape judge")
+parser.add_argument(
+    "--add-token",
+    choices=("auto", "yes", "no"),
+    default="auto",
+    help="identifiers as added tokens (auto: when the vocabulary cannot spell them, as on the demo)",
+)
 args = parser.parse_args()
 subjects = {s: TOKENS[s] for s in args.subjects.split(",")}
 targets = tuple(args.targets.split(","))
@@ -85,6 +92,8 @@ results: dict[str, object] = {
         "lr": args.lr,
         "targets": list(targets),
         "judge_steps": args.judge_steps,
+        "prefix_scales": args.prefix_scales,
+        "add_token": args.add_token,
     },
 }
 train_cfg = SubjectTrainConfig(
@@ -101,7 +110,14 @@ for subject, token in subjects.items():
     out = work / f"adapter_{subject}"
     if not (out / "config.json").is_file():
         cls = world.SUBJECT_CLASSES[subject]
-        adapter = SubjectAdapter(SubjectConfig(token, cls, 128, lora_rank=args.rank, lora_targets=targets))
+        add = args.add_token == "yes" or (
+            args.add_token == "auto"
+            and isinstance(pipe.text_encoder, TextEncoder)
+            and not pipe.text_encoder.spells(token)
+        )
+        adapter = SubjectAdapter(
+            SubjectConfig(token, cls, 128, lora_rank=args.rank, lora_targets=targets, add_token=add)
+        )
         t0 = time.perf_counter()
         train_subject(
             pipe, adapter, train_cfg, ImageFolder(teacher / "images", (64, 64)), work / f"train_{subject}",
@@ -162,7 +178,7 @@ for subject, token in subjects.items():
         rows[f"base model, class prompt / {split}"] = summary(
             score(base_class, subject, style_list), style_list
         )
-        with merged(pipe.transformer, [adapters[subject]]):  # type: ignore[arg-type]
+        with subjects_applied(pipe, [adapters[subject]]):
             student = [generate(p, k) for p, (_, k) in zip(prompts, cases, strict=True)]
             class_only = [
                 generate(f"a {cls} in {world.style_caption(st)}", k) for st, k in cases
@@ -171,7 +187,7 @@ for subject, token in subjects.items():
         rows[f"student, class prompt / {split}"] = summary(score(class_only, subject, style_list), style_list)
         both = student
         if len(adapters) > 1:  # multi-subject: every adapter folded in at once
-            with merged(pipe.transformer, list(adapters.values())):  # type: ignore[arg-type]
+            with subjects_applied(pipe, list(adapters.values())):
                 both = [generate(p, k) for p, (_, k) in zip(prompts, cases, strict=True)]
             rows[f"student, both adapters / {split}"] = summary(score(both, subject, style_list), style_list)
         if split == "unseen styles":
@@ -186,7 +202,7 @@ for subject, token in subjects.items():
     held = [(st, k) for st in world.HELD_OUT_STYLES for k in seeds[:2]]
     refs = [world.render("circle", st, world.EVAL_SEEDS[100 + k]).image for st, k in held]
     outs = []
-    with merged(pipe.transformer, [adapters[subject]]):  # type: ignore[arg-type]
+    with subjects_applied(pipe, [adapters[subject]]):
         for (st, k), ref in zip(held, refs, strict=True):
             outs.append(
                 styler(f"a {token} {cls}", ref, style_prompt=world.style_caption(st),

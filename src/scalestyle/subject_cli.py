@@ -60,11 +60,12 @@ def with_subjects(pipe: Pipeline, dirs: Sequence[str] | None) -> Pipeline:
     if not dirs:
         return pipe
     from scalestyle.models.infinity import Infinity
-    from scalestyle.models.subject import SubjectAdapter, fold_into
+    from scalestyle.models.subject import SubjectAdapter, fold_into, with_added_tokens
 
     if not isinstance(pipe.transformer, Infinity):
         raise ValueError(f"subject adapters are for Infinity models; {pipe.model_name} is not one")
     adapters = [SubjectAdapter.load(d) for d in dirs]
+    pipe.text_encoder = with_added_tokens(pipe, adapters)
     fold_into(pipe.transformer, adapters)
     names = ", ".join(f"{a.cfg.phrase!r} ({Path(d).resolve()})" for a, d in zip(adapters, dirs, strict=True))
     pipe.model_name = f"{pipe.model_name} + subject adapters {names}"
@@ -104,6 +105,13 @@ def add_train_parser(train_sub: Any, formatter: type[argparse.HelpFormatter]) ->
         help="comma-separated modules, of sa.proj, ca.mat_q, ca.proj, ffn.fc1, ffn.fc2 (in every block) and "
         "text_proj_for_ca.0, text_proj_for_ca.2 (the caption memory); default: all",
     )
+    p.add_argument(
+        "--add-token",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="make the identifier a token of its own in the text encoder, its embedding saved with the "
+        "adapter; auto: when the vocabulary cannot spell it (the demo's: every unknown word is <unk>)",
+    )
     p.add_argument("--seed", type=int, default=0, help="LoRA initialisation and data seed")
     p.add_argument("--quick", action="store_true", help="a 2-step smoke run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -117,6 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from scalestyle.data.folder import ImageFolder
     from scalestyle.models.infinity import Infinity
     from scalestyle.models.subject import DEFAULT_TARGETS, SubjectAdapter, SubjectConfig
+    from scalestyle.models.text_encoder import TextEncoder
     from scalestyle.pipeline import Pipeline
     from scalestyle.train.subject import SubjectTrainConfig, train_subject
 
@@ -134,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.targets:
         targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     # the adapter's own settings are checked before the model loads (text width filled in after)
-    SubjectConfig(args.token, args.class_word, 1, args.rank, args.alpha, targets)
+    SubjectConfig(args.token, args.class_word, 1, args.rank, args.alpha, targets, args.add_token == "yes")
     if args.class_images is None and args.prior_weight is not None:
         raise ValueError("--prior-weight goes with --class-images DIR")
     pipe = Pipeline.load(args.model, device=args.device)
@@ -146,14 +155,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     classes = None
     if args.class_images:
         classes = ImageFolder(args.class_images, size_hw, seed=cfg.seed + 1, uncaptioned="empty")
+    add_token = args.add_token == "yes"
+    if args.add_token == "auto":
+        add_token = isinstance(pipe.text_encoder, TextEncoder) and not pipe.text_encoder.spells(args.token)
     adapter_cfg = SubjectConfig(
-        args.token, args.class_word, pipe.transformer.cfg.text_channels, args.rank, args.alpha, targets
+        args.token,
+        args.class_word,
+        pipe.transformer.cfg.text_channels,
+        args.rank,
+        args.alpha,
+        targets,
+        add_token=add_token,
     )
     adapter = SubjectAdapter(adapter_cfg)
     train_subject(pipe, adapter, cfg, images, Path(args.work_dir), classes=classes, progress=not args.quiet)
     out = adapter.save(args.out)
     if not args.quiet:
-        sys.stderr.write(f"wrote the subject adapter {out} ({adapter_cfg.phrase!r}, {cfg.steps} steps)\n")
+        added = ", its identifier an added token" if add_token else ""
+        phrase = adapter_cfg.phrase
+        sys.stderr.write(f"wrote the subject adapter {out} ({phrase!r}, {cfg.steps} steps{added})\n")
     return 0
 
 

@@ -16,6 +16,12 @@ enter it only inside a context manager, which gives the transformer back as it w
   agree up to float rounding (tests/test_subject.py). Merging is what lets a subject adapter sit under
   another method's own LoRA (StyleAR's :meth:`~scalestyle.models.stylear.StyleARAdapter.lora_applied`)
   and under the training-free method's attention edits, which see an ordinary transformer.
+
+An identifier the text encoder's vocabulary cannot spell (``add_token``; on the demo's word-level
+vocabulary ``<sks>`` and ``<zwx>`` are both the one ``<unk>``, and two adapters bound to one identifier
+measurably drown each other, docs/proxy_tuning.md) is added to the encoder as a token of its own, its
+input embedding saved with the adapter (:meth:`scalestyle.models.text_encoder.TextEncoder.with_tokens`).
+:func:`subjects_applied` installs both halves on a pipeline and takes both back.
 """
 
 from __future__ import annotations
@@ -34,9 +40,12 @@ from scalestyle.models.stylear import LORA_TARGETS, TEXT_LORA_TARGETS, block_lor
 
 if TYPE_CHECKING:
     from scalestyle.models.infinity import Infinity
+    from scalestyle.pipeline import Pipeline
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "adapter.safetensors"
+TOKEN_FILE = "identifier.safetensors"
+TOKEN_KEY = "embedding"
 SECTION = "subject"
 # the caption memory's projection too: the only place a LoRA can change what the identifier's tokens say
 # to the blocks (:data:`~scalestyle.models.stylear.TEXT_LORA_TARGETS`); docs/proxy_tuning.md measures it
@@ -48,7 +57,8 @@ SUBJECT_PLACEHOLDER = "{subject}"
 @dataclass(frozen=True)
 class SubjectConfig:
     """What a subject adapter is (saved in its ``config.json``): the words that name the subject and the
-    LoRA's shape. ``lora_alpha`` None is ``lora_rank`` (scale 1)."""
+    LoRA's shape. ``lora_alpha`` None is ``lora_rank`` (scale 1). ``add_token``: the identifier is a token
+    added to the text encoder, its embedding saved with the adapter (see the module docstring)."""
 
     token: str
     class_word: str
@@ -56,10 +66,13 @@ class SubjectConfig:
     lora_rank: int = 8
     lora_alpha: int | None = None
     lora_targets: tuple[str, ...] = DEFAULT_TARGETS
+    add_token: bool = False
 
     def __post_init__(self) -> None:
         if not self.token.strip() or self.token != self.token.strip():
             raise ValueError(f"token must be non-empty text without surrounding spaces, got {self.token!r}")
+        if self.add_token and any(c.isspace() for c in self.token):
+            raise ValueError(f"an added token must be one word, got {self.token!r}")
         if not self.class_word.strip():
             raise ValueError(f"class_word must be non-empty text, got {self.class_word!r}")
         if not 1 <= self.text_width <= 1 << 16:
@@ -91,11 +104,20 @@ class SubjectConfig:
 
 
 class SubjectAdapter:
-    """A subject's LoRA weights (peft state-dict keys, adapter name stripped) and its config."""
+    """A subject's LoRA weights (peft state-dict keys, adapter name stripped), its config and, with
+    ``cfg.add_token``, its identifier's input embedding ``token_E``."""
 
-    def __init__(self, cfg: SubjectConfig, lora: Mapping[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: SubjectConfig,
+        lora: Mapping[str, torch.Tensor] | None = None,
+        token_E: torch.Tensor | None = None,
+    ) -> None:
+        if token_E is not None and not cfg.add_token:
+            raise ValueError("a token embedding is for an adapter whose config has add_token")
         self.cfg = cfg
         self.lora: dict[str, torch.Tensor] = dict(lora or {})
+        self.token_E = token_E
 
     def lora_config(self) -> Any:
         return block_lora_config(self.cfg.lora_rank, self.cfg.lora_alpha, self.cfg.lora_targets)
@@ -122,6 +144,10 @@ class SubjectAdapter:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.lora.items()}, str(out / WEIGHTS_FILE))
+        if self.cfg.add_token:
+            if self.token_E is None:
+                raise ValueError(f"adapter {self.cfg.phrase!r} adds its token but has no embedding for it")
+            save_file({TOKEN_KEY: self.token_E.detach().float().contiguous()}, str(out / TOKEN_FILE))
         (out / CONFIG_FILE).write_text(json.dumps({SECTION: asdict(self.cfg)}, indent=2) + "\n")
         return out
 
@@ -136,7 +162,28 @@ class SubjectAdapter:
         if SECTION not in data:
             kinds = ", ".join(sorted(data)) or "nothing"
             raise ValueError(f"{path} is not a subject adapter (its {CONFIG_FILE} holds {kinds})")
-        return cls(SubjectConfig.from_dict(data[SECTION]), load_file(str(path / WEIGHTS_FILE)))
+        cfg = SubjectConfig.from_dict(data[SECTION])
+        token_E = None
+        if cfg.add_token:
+            if not (path / TOKEN_FILE).is_file():
+                raise FileNotFoundError(f"{path}: the adapter adds its token but has no {TOKEN_FILE}")
+            token_E = load_file(str(path / TOKEN_FILE))[TOKEN_KEY]
+        return cls(cfg, load_file(str(path / WEIGHTS_FILE)), token_E)
+
+
+def added_tokens(adapters: Sequence[SubjectAdapter]) -> dict[str, torch.Tensor]:
+    """``identifier -> input embedding`` of the adapters that add their token (two adapters adding the
+    same identifier are an error: one identifier cannot name two subjects)."""
+    tokens: dict[str, torch.Tensor] = {}
+    for adapter in adapters:
+        if not adapter.cfg.add_token:
+            continue
+        if adapter.token_E is None:
+            raise ValueError(f"adapter {adapter.cfg.phrase!r} adds its token but has no embedding for it")
+        if adapter.cfg.token.lower() in (t.lower() for t in tokens):
+            raise ValueError(f"two subject adapters add the identifier {adapter.cfg.token!r}")
+        tokens[adapter.cfg.token] = adapter.token_E
+    return tokens
 
 
 def adapter_kind(folder: str | Path) -> str:
@@ -236,10 +283,36 @@ def merged(transformer: Infinity, adapters: Sequence[SubjectAdapter]) -> Iterato
                 weight.copy_(original)
 
 
+def with_added_tokens(pipe: Pipeline, adapters: Sequence[SubjectAdapter]) -> Any:
+    """``pipe``'s text encoder, knowing the adapters' added identifiers (itself when none adds one)."""
+    from scalestyle.models.text_encoder import TextEncoder
+
+    tokens = added_tokens(adapters)
+    if not tokens:
+        return pipe.text_encoder
+    if not isinstance(pipe.text_encoder, TextEncoder):
+        raise ValueError(
+            f"adapters that add their identifier need a T5 text encoder; {pipe.model_name} has none"
+        )
+    return pipe.text_encoder.with_tokens(tokens)
+
+
 @contextmanager
 def subjects_applied(
-    transformer: Infinity, adapters: Sequence[SubjectAdapter], *, merge: bool = True
+    pipe: Pipeline, adapters: Sequence[SubjectAdapter], *, merge: bool = True
 ) -> Iterator[None]:
-    """:func:`merged` (default: no per-call cost) or :func:`lora_applied` for inference."""
-    with merged(transformer, adapters) if merge else lora_applied(transformer, adapters):
-        yield
+    """``pipe`` with the adapters' LoRAs in its transformer (:func:`merged`, the default: no per-call
+    cost; or :func:`lora_applied`) and their added identifiers in its text encoder; both given back on
+    exit."""
+    from scalestyle.models.infinity import Infinity
+
+    transformer = pipe.transformer
+    if not isinstance(transformer, Infinity):
+        raise ValueError(f"subject adapters are for Infinity models; {pipe.model_name} is not one")
+    encoder = pipe.text_encoder
+    pipe.text_encoder = with_added_tokens(pipe, adapters)
+    try:
+        with merged(transformer, adapters) if merge else lora_applied(transformer, adapters):
+            yield
+    finally:
+        pipe.text_encoder = encoder

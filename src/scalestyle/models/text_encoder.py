@@ -19,16 +19,24 @@ is enough to flip a sampled bit now and then, so it is not used where upstream i
 Words a tokenizer cannot represent (``<unk>``) and captions cut at ``max_length`` are reported with a
 :class:`CaptionWarning` naming the words lost and the tokens kept.
 
+Added tokens (:meth:`TextEncoder.with_tokens`): a subject adapter's identifier that the vocabulary cannot
+spell (on the demo's word-level vocabulary every unknown word is the one ``<unk>``, so ``<sks>`` and
+``<zwx>`` would be the same tokens) becomes a token of its own with its own input embedding, as
+DreamBooth's and textual inversion's new tokens do. The encoder's weights are not touched: the added rows
+are looked up beside the embedding table and fed as ``inputs_embeds``, which T5 embeds no differently.
+
 transformers is imported inside functions: importing it costs ~0.7 s, which commands that never encode
 text should not pay.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib import resources
@@ -228,6 +236,7 @@ class TextEncoder:
         max_length: int = 512,
         padding: Padding = "longest",
         cuda_autocast: bool = False,
+        added_NE: torch.Tensor | None = None,
     ) -> None:
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
@@ -235,10 +244,15 @@ class TextEncoder:
             raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token")
-        if len(tokenizer) > model.config.vocab_size:
+        n_added = 0 if added_NE is None else added_NE.shape[0]
+        if len(tokenizer) - n_added > model.config.vocab_size:
             raise ValueError(
-                f"the tokenizer has {len(tokenizer)} tokens but the encoder embeds only "
+                f"the tokenizer has {len(tokenizer) - n_added} tokens but the encoder embeds only "
                 f"{model.config.vocab_size}"
+            )
+        if added_NE is not None and (added_NE.ndim != 2 or added_NE.shape[1] != model.config.d_model):
+            raise ValueError(
+                f"added token embeddings must be (N, {model.config.d_model}), got {tuple(added_NE.shape)}"
             )
         # Every caption must keep >= 1 token (PackedText needs it); T5's tokenizer guarantees it with EOS.
         if not tokenizer("")["input_ids"]:
@@ -248,6 +262,8 @@ class TextEncoder:
         self.max_length = max_length
         self.padding: Padding = padding
         self.cuda_autocast = cuda_autocast
+        # the last N token ids of the tokenizer are the added tokens, embedded by these rows
+        self.added_NE = added_NE
 
     @classmethod
     def from_pretrained(
@@ -341,6 +357,58 @@ class TextEncoder:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
+    def spells(self, word: str) -> bool:
+        """Whether the tokenizer represents ``word`` without ``<unk>``."""
+        unk = self.tokenizer.unk_token_id
+        return unk is None or unk not in self.tokenizer(word)["input_ids"]
+
+    def new_token_embedding(self, token: str) -> torch.Tensor:
+        """A starting embedding (E,) for an added ``token``: drawn from a normal with the embedding
+        table's per-channel mean and standard deviation, seeded by the token's text, so that different
+        identifiers get different vectors and the same one the same vector everywhere."""
+        table = self.model.get_input_embeddings().weight.detach().float()[: len(self.tokenizer)]
+        seed = int.from_bytes(hashlib.sha256(token.encode()).digest()[:8], "little") >> 1
+        noise = torch.randn(table.shape[1], generator=torch.Generator().manual_seed(seed))
+        return (table.mean(0) + table.std(0) * noise.to(table.device)).cpu()
+
+    def with_tokens(self, tokens: Mapping[str, torch.Tensor]) -> TextEncoder:
+        """A copy that also knows ``tokens`` (word -> input embedding (E,)) as tokens of their own; this
+        encoder is left as it was (its model is shared, its tokenizer copied)."""
+        if not tokens:
+            return self
+        vocab = self.tokenizer.get_vocab()
+        clash = [t for t in tokens if t in vocab or t.lower() in vocab]
+        if clash:
+            raise ValueError(f"cannot add {clash}: the tokenizer already has them")
+        bad = [t for t in tokens if not t.strip() or any(c.isspace() for c in t)]
+        if bad:
+            raise ValueError(f"an added token must be one word without spaces, got {bad}")
+        tokenizer = copy.deepcopy(self.tokenizer)
+        if tokenizer.add_tokens(list(tokens)) != len(tokens):
+            raise ValueError(f"the tokenizer would not add all of {list(tokens)}")
+        rows = [v.detach().float().reshape(-1) for v in tokens.values()]
+        added = torch.stack(rows).to(self.device)
+        if self.added_NE is not None:
+            added = torch.cat([self.added_NE, added])
+        return TextEncoder(
+            self.model,
+            tokenizer,
+            max_length=self.max_length,
+            padding=self.padding,
+            cuda_autocast=self.cuda_autocast,
+            added_NE=added,
+        )
+
+    def _embed(self, ids_BT: torch.Tensor) -> torch.Tensor:
+        """Input embeddings (B, T, E) of token ids, the added tokens' from :attr:`added_NE`."""
+        assert self.added_NE is not None
+        table = self.model.get_input_embeddings().weight
+        first = len(self.tokenizer) - self.added_NE.shape[0]
+        emb_BTE = torch.nn.functional.embedding(ids_BT.clamp(max=first - 1), table)
+        new_BT = ids_BT >= first
+        added_BTE = self.added_NE.to(table.dtype)[(ids_BT - first).clamp(min=0)]
+        return torch.where(new_BT.unsqueeze(-1), added_BTE, emb_BTE)
+
     def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input_ids_BT, attention_mask_BT)`` on the encoder's device, EOS appended, truncated."""
         if isinstance(prompts, str):
@@ -403,7 +471,11 @@ class TextEncoder:
         for start in range(0, len(prompts), batch_size):
             ids_BT, mask_BT = self.tokenize(prompts[start : start + batch_size])
             with torch.inference_mode(), autocast:
-                feats_BTE = self.model(input_ids=ids_BT, attention_mask=mask_BT).last_hidden_state
+                if self.added_NE is None:
+                    feats_BTE = self.model(input_ids=ids_BT, attention_mask=mask_BT).last_hidden_state
+                else:
+                    embeds = self._embed(ids_BT)
+                    feats_BTE = self.model(inputs_embeds=embeds, attention_mask=mask_BT).last_hidden_state
             # Packed outside inference mode, so the result is an ordinary tensor: inference tensors cannot
             # be saved for backward, and training feeds these features to layers that need their gradients.
             parts.append(pack_padded(feats_BTE.float(), mask_BT))

@@ -35,8 +35,14 @@ from tqdm import tqdm
 from scalestyle.data.folder import ImageFolder
 from scalestyle.models.bsq_vae import BSQVAE
 from scalestyle.models.infinity import Infinity
-from scalestyle.models.subject import SUBJECT_PLACEHOLDER, SubjectAdapter, adapter_names, lora_applied
-from scalestyle.models.text_encoder import PackedText
+from scalestyle.models.subject import (
+    SUBJECT_PLACEHOLDER,
+    SubjectAdapter,
+    adapter_names,
+    lora_applied,
+    with_added_tokens,
+)
+from scalestyle.models.text_encoder import PackedText, TextEncoder
 from scalestyle.pipeline import Pipeline
 from scalestyle.schedules import Schedule
 from scalestyle.train.common import JsonlLog, save_checkpoint, step_generator
@@ -219,7 +225,12 @@ def train_subject(
                 f"prefix_scales {cfg.prefix_scales} exceeds the schedule's {schedule.num_scales} scales"
             )
         trained = replace(schedule, grids=schedule.grids[: cfg.prefix_scales])
-    text_fn = CachedText(pipe.text_encoder)  # type: ignore[arg-type]  # any encoder with .encode
+    if adapter.cfg.add_token and adapter.token_E is None:
+        if not isinstance(pipe.text_encoder, TextEncoder):
+            raise ValueError(f"an added identifier needs a T5 text encoder; {pipe.model_name} has none")
+        # fixed, not learned: a function of the token's text, so a resumed run needs nothing saved
+        adapter.token_E = pipe.text_encoder.new_token_embedding(adapter.cfg.token)
+    text_fn = CachedText(with_added_tokens(pipe, [adapter]))
     log = JsonlLog(work_dir / LOG)
     (name,) = adapter_names([adapter])
     with lora_applied(transformer, [adapter], seed=cfg.seed):
