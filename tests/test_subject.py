@@ -233,11 +233,11 @@ def test_added_identifiers_round_trip_and_are_given_back(pipe: Pipeline, tmp_pat
     encoder = pipe.text_encoder
     assert isinstance(encoder, TextEncoder) and not encoder.spells("<sks>")
     a = trained_like(pipe, 5, token="<sks>")
-    a = SubjectAdapter(replace(a.cfg, add_token=True), a.lora, encoder.new_token_embedding("<sks>"))
+    a = SubjectAdapter(replace(a.cfg, add_token=True), a.lora, encoder.new_token_embedding("<sks>")[None])
     b = trained_like(pipe, 6, token="<zwx>")
-    b = SubjectAdapter(replace(b.cfg, add_token=True), b.lora, encoder.new_token_embedding("<zwx>"))
+    b = SubjectAdapter(replace(b.cfg, add_token=True), b.lora, encoder.new_token_embedding("<zwx>")[None])
     back = SubjectAdapter.load(a.save(tmp_path / "a"))
-    assert back.cfg.add_token and back.token_E is not None and torch.equal(back.token_E, a.token_E)
+    assert back.cfg.add_token and back.tokens_NE is not None and torch.equal(back.tokens_NE, a.tokens_NE)
     assert list(added_tokens([a, b])) == ["<sks>", "<zwx>"]
     base = logits(pipe, "a <sks> star")
     with subjects_applied(pipe, [a, b]):
@@ -248,10 +248,12 @@ def test_added_identifiers_round_trip_and_are_given_back(pipe: Pipeline, tmp_pat
     assert pipe.text_encoder is encoder and torch.equal(logits(pipe, "a <sks> star"), base)
     with pytest.raises(ValueError, match="two subject adapters add the identifier"):
         added_tokens([a, back])
-    with pytest.raises(ValueError, match="has no embedding"):
+    with pytest.raises(ValueError, match="has no embeddings"):
         SubjectAdapter(replace(a.cfg, lora_rank=2)).save(tmp_path / "c")
     with pytest.raises(ValueError, match="whose config has add_token"):
-        SubjectAdapter(trained_like(pipe, 7).cfg, None, a.token_E)
+        SubjectAdapter(trained_like(pipe, 7).cfg, None, a.tokens_NE)
+    with pytest.raises(ValueError, match=r"must be \(2 subjects, E\)"):
+        SubjectAdapter(replace(a.cfg, others=(("<zwx>", "tree"),)), None, a.tokens_NE)
     (tmp_path / "a" / "identifier.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"identifier\.safetensors"):
         SubjectAdapter.load(tmp_path / "a")
@@ -266,6 +268,27 @@ def test_training_with_an_added_identifier_fixes_its_embedding(pipe: Pipeline, t
     encoder = pipe.text_encoder
     trained = train_subject(pipe, adapter, cfg, images, tmp_path / "w", progress=False)
     assert pipe.text_encoder is encoder  # the pipeline's encoder is not changed by training
-    assert isinstance(encoder, TextEncoder) and trained.token_E is not None
-    assert torch.equal(trained.token_E, encoder.new_token_embedding("<sks>"))
+    assert isinstance(encoder, TextEncoder) and trained.tokens_NE is not None
+    assert torch.equal(trained.tokens_NE[0], encoder.new_token_embedding("<sks>"))
     assert SubjectAdapter.load(trained.save(tmp_path / "out")).cfg.add_token
+
+
+def test_one_adapter_learns_several_subjects_each_with_its_rows(tmp_path: Path) -> None:
+    cfg = SubjectConfig("<sks>", "star", 128, others=(("<zwx>", "tree"),))
+    assert cfg.subjects == (("<sks>", "star"), ("<zwx>", "tree"))
+    assert cfg.phrases == ("<sks> star", "<zwx> tree")
+    assert SubjectConfig.from_dict(json.loads(json.dumps({**cfg.__dict__}))) == cfg
+    with pytest.raises(ValueError, match="each subject needs its own token"):
+        SubjectConfig("<sks>", "star", 128, others=(("<SKS>", "tree"),))
+    hexstar = ImageFolder(write_folder(tmp_path / "h", "hexstar", 3, "a {subject}"), (64, 64))
+    cactus = ImageFolder(write_folder(tmp_path / "c", "cactus", 3, "a {subject}"), (64, 64))
+    stars = ImageFolder(write_folder(tmp_path / "hs", "hexstar", 2, "a star"), (64, 64))
+    trees = ImageFolder(write_folder(tmp_path / "ct", "cactus", 2, "a tree"), (64, 64))
+    adapter = SubjectAdapter(cfg)
+    g = torch.Generator().manual_seed(0)
+    train_cfg = SubjectTrainConfig(batch_size=2, class_batch_size=1)
+    img, captions, n = subject_batch([hexstar, cactus], [stars, trees], adapter, train_cfg, 0, g)
+    assert img.shape == (6, 3, 64, 64) and n == 4
+    assert captions == ["a <sks> star"] * 2 + ["a <zwx> tree"] * 2 + ["a star", "a tree"]
+    with pytest.raises(ValueError, match=r"1 image folder\(s\) for the 2 subject\(s\)"):
+        subject_batch(hexstar, None, adapter, train_cfg, 0, g)

@@ -55,8 +55,8 @@ def test_train_writes_an_adapter_that_generate_and_stylize_load(
     adapter = SubjectAdapter.load(adapter_dir)
     assert adapter.cfg.phrase == "sks star" and adapter.cfg.lora_rank == 2 and adapter.lora
     # the tiny vocabulary cannot spell "sks": --add-token auto made it a token of its own
-    assert adapter.cfg.add_token and adapter.token_E is not None
-    second = SubjectAdapter(replace(adapter.cfg, token="zwx"), adapter.lora, adapter.token_E + 1)
+    assert adapter.cfg.add_token and adapter.tokens_NE is not None
+    second = SubjectAdapter(replace(adapter.cfg, token="zwx"), adapter.lora, adapter.tokens_NE + 1)
     second_dir = second.save(tmp_path / "second")
     model = ["--model", str(tiny_model_dir), "--quiet"]
     out = tmp_path / "g.png"
@@ -98,6 +98,11 @@ def test_adapter_and_teacher_errors_are_one_line(
     bad_rank = ["train", "subject", "--images", str(tmp_path), "--class-word", "star", "--out", out]
     assert main([*bad_rank, "--rank", "0"]) == 2
     assert "lora_rank must be in [1, 1024], got 0" in capsys.readouterr().err
+    two = [*bad_rank, "--images", str(tmp_path), "--token", "<sks>"]  # two folders, one token and class
+    assert main(two) == 2
+    assert "one --token, --class-word (and --class-images if any) per --images" in capsys.readouterr().err
+    assert main([*two, "--token", "<SKS>", "--class-word", "tree"]) == 2
+    assert "each subject needs its own token" in capsys.readouterr().err
     prompts = tmp_path / "p.txt"
     prompts.write_text("{subject} on a beach\n")
     (tmp_path / "subj").mkdir()

@@ -64,6 +64,11 @@ parser.add_argument(
 parser.add_argument("--subjects", default=",".join(TOKENS), help="subjects to tune, comma-separated")
 parser.add_argument("--judge-steps", type=int, default=400, help="training steps of the shape judge")
 parser.add_argument(
+    "--joint",
+    action="store_true",
+    help="also train one adapter on every subject at once and score it beside the separate ones",
+)
+parser.add_argument(
     "--add-token",
     choices=("auto", "yes", "no"),
     default="auto",
@@ -94,6 +99,7 @@ results: dict[str, object] = {
         "judge_steps": args.judge_steps,
         "prefix_scales": args.prefix_scales,
         "add_token": args.add_token,
+        "joint": args.joint,
     },
 }
 train_cfg = SubjectTrainConfig(
@@ -127,6 +133,32 @@ for subject, token in subjects.items():
         adapter.save(out)
     adapters[subject] = SubjectAdapter.load(out)
     seconds[subject] = float((work / f"train_{subject}" / "seconds.txt").read_text())
+joint: SubjectAdapter | None = None
+if args.joint and len(subjects) > 1:
+    out = work / "adapter_joint"
+    if not (out / "config.json").is_file():
+        pairs = [(token, world.SUBJECT_CLASSES[subject]) for subject, token in subjects.items()]
+        add = args.add_token == "yes" or (
+            args.add_token == "auto"
+            and isinstance(pipe.text_encoder, TextEncoder)
+            and not all(pipe.text_encoder.spells(t) for t, _ in pairs)
+        )
+        adapter = SubjectAdapter(
+            SubjectConfig(*pairs[0], 128, lora_rank=args.rank, lora_targets=targets, add_token=add,
+                          others=tuple(pairs[1:]))
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        folders = [ImageFolder(work / f"teacher_{s}" / "images", (64, 64), seed=2 * i)
+                   for i, s in enumerate(subjects)]  # fmt: skip
+        class_folders = [ImageFolder(work / f"teacher_{s}" / "class", (64, 64), seed=2 * i + 1)
+                         for i, s in enumerate(subjects)]  # fmt: skip
+        train_subject(
+            pipe, adapter, train_cfg, folders, work / "train_joint", classes=class_folders, progress=False
+        )
+        (work / "train_joint" / "seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+        adapter.save(out)
+    joint = SubjectAdapter.load(out)
+    seconds["joint"] = float((work / "train_joint" / "seconds.txt").read_text())
 results["train_seconds"] = seconds
 
 
@@ -190,6 +222,13 @@ for subject, token in subjects.items():
             with subjects_applied(pipe, list(adapters.values())):
                 both = [generate(p, k) for p, (_, k) in zip(prompts, cases, strict=True)]
             rows[f"student, both adapters / {split}"] = summary(score(both, subject, style_list), style_list)
+        together = student
+        if joint is not None:  # one adapter trained on every subject
+            with subjects_applied(pipe, [joint]):
+                together = [generate(p, k) for p, (_, k) in zip(prompts, cases, strict=True)]
+            rows[f"student, joint adapter / {split}"] = summary(
+                score(together, subject, style_list), style_list
+            )
         if split == "unseen styles":
             picks = [UNSEEN.index(s) * len(seeds) for s in UNSEEN[:6]]
             sheet_rows.append((f"{subject}: teacher (world)", [renders[i].image for i in picks]))
@@ -197,6 +236,8 @@ for subject, token in subjects.items():
             sheet_rows.append((f"{subject}: student", [student[i] for i in picks]))
             if len(adapters) > 1:
                 sheet_rows.append((f"{subject}: both adapters", [both[i] for i in picks]))
+            if joint is not None:
+                sheet_rows.append((f"{subject}: joint adapter", [together[i] for i in picks]))
     # the training-free method on held-out style references, the subject adapter merged under it
     styler = StylePipeline(pipe)
     held = [(st, k) for st in world.HELD_OUT_STYLES for k in seeds[:2]]

@@ -67,7 +67,10 @@ def with_subjects(pipe: Pipeline, dirs: Sequence[str] | None) -> Pipeline:
     adapters = [SubjectAdapter.load(d) for d in dirs]
     pipe.text_encoder = with_added_tokens(pipe, adapters)
     fold_into(pipe.transformer, adapters)
-    names = ", ".join(f"{a.cfg.phrase!r} ({Path(d).resolve()})" for a, d in zip(adapters, dirs, strict=True))
+    names = ", ".join(
+        f"{' + '.join(repr(x) for x in a.cfg.phrases)} ({Path(d).resolve()})"
+        for a, d in zip(adapters, dirs, strict=True)
+    )
     pipe.model_name = f"{pipe.model_name} + subject adapters {names}"
     return pipe
 
@@ -82,14 +85,26 @@ def add_train_parser(train_sub: Any, formatter: type[argparse.HelpFormatter]) ->
     p.add_argument(
         "--images",
         required=True,
+        action="append",
         help="the subject's images; captions as in `train folder` with {subject} where the subject goes "
-        "(a teacher folder's images/), images without one get a caption template",
+        "(a teacher folder's images/), images without one get a caption template. Repeat --images, "
+        "--token, --class-word (and --class-images) in the same order for one adapter of several subjects",
     )
-    p.add_argument("--token", default="<sks>", help="the identifier prompts name the subject by")
-    p.add_argument("--class-word", required=True, help="what the subject is, e.g. dog (the world: star)")
+    p.add_argument(
+        "--token",
+        action="append",
+        default=None,
+        help="the identifier prompts name the subject by; default: <sks>",
+    )
+    p.add_argument(
+        "--class-word", required=True, action="append", help="what the subject is, e.g. dog (the world: star)"
+    )
     p.add_argument("--out", required=True, help="adapter folder to write")
     p.add_argument(
-        "--class-images", default=None, help="prior preservation: images of the class (captions optional)"
+        "--class-images",
+        action="append",
+        default=None,
+        help="prior preservation: images of the class (captions optional), one per subject",
     )
     p.add_argument("--prior-weight", type=float, default=None, help="class loss weight; default: 1.0")
     p.add_argument("--model", default=None, help="the frozen base model folder; default: the bundled demo")
@@ -142,8 +157,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     targets = DEFAULT_TARGETS
     if args.targets:
         targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    tokens = args.token or (["<sks>"] if len(args.images) == 1 else [])
+    n = len(args.images)
+    if len(tokens) != n or len(args.class_word) != n or len(args.class_images or [None] * n) != n:
+        given = f"{n} --images, {len(tokens)} --token, {len(args.class_word)} --class-word"
+        raise ValueError(
+            f"one --token, --class-word (and --class-images if any) per --images, in order; got {given}"
+            f"{f', {len(args.class_images)} --class-images' if args.class_images else ''}"
+        )
+    subjects = list(zip(tokens, args.class_word, strict=True))
     # the adapter's own settings are checked before the model loads (text width filled in after)
-    SubjectConfig(args.token, args.class_word, 1, args.rank, args.alpha, targets, args.add_token == "yes")
+    SubjectConfig(
+        *subjects[0], 1, args.rank, args.alpha, targets, args.add_token == "yes", tuple(subjects[1:])
+    )
     if args.class_images is None and args.prior_weight is not None:
         raise ValueError("--prior-weight goes with --class-images DIR")
     pipe = Pipeline.load(args.model, device=args.device)
@@ -151,29 +177,36 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"subject adapters train on Infinity models; {pipe.model_name} is not one")
     h, w = pipe.schedule_for().last_grid
     size_hw = (h * pipe.stride, w * pipe.stride)
-    images = ImageFolder(args.images, size_hw, seed=cfg.seed, uncaptioned="empty")
+    # each folder its own epoch order (a one-subject run: seed, seed + 1 as before)
+    images = [
+        ImageFolder(d, size_hw, seed=cfg.seed + 2 * i, uncaptioned="empty") for i, d in enumerate(args.images)
+    ]
     classes = None
     if args.class_images:
-        classes = ImageFolder(args.class_images, size_hw, seed=cfg.seed + 1, uncaptioned="empty")
+        classes = [
+            ImageFolder(d, size_hw, seed=cfg.seed + 2 * i + 1, uncaptioned="empty")
+            for i, d in enumerate(args.class_images)
+        ]
     add_token = args.add_token == "yes"
     if args.add_token == "auto":
-        add_token = isinstance(pipe.text_encoder, TextEncoder) and not pipe.text_encoder.spells(args.token)
+        encoder = pipe.text_encoder
+        add_token = isinstance(encoder, TextEncoder) and not all(encoder.spells(t) for t in tokens)
     adapter_cfg = SubjectConfig(
-        args.token,
-        args.class_word,
+        *subjects[0],
         pipe.transformer.cfg.text_channels,
         args.rank,
         args.alpha,
         targets,
         add_token=add_token,
+        others=tuple(subjects[1:]),
     )
     adapter = SubjectAdapter(adapter_cfg)
     train_subject(pipe, adapter, cfg, images, Path(args.work_dir), classes=classes, progress=not args.quiet)
     out = adapter.save(args.out)
     if not args.quiet:
-        added = ", its identifier an added token" if add_token else ""
-        phrase = adapter_cfg.phrase
-        sys.stderr.write(f"wrote the subject adapter {out} ({phrase!r}, {cfg.steps} steps{added})\n")
+        added = ", identifiers as added tokens" if add_token else ""
+        phrases = ", ".join(repr(x) for x in adapter_cfg.phrases)
+        sys.stderr.write(f"wrote the subject adapter {out} ({phrases}, {cfg.steps} steps{added})\n")
     return 0
 
 

@@ -57,8 +57,10 @@ SUBJECT_PLACEHOLDER = "{subject}"
 @dataclass(frozen=True)
 class SubjectConfig:
     """What a subject adapter is (saved in its ``config.json``): the words that name the subject and the
-    LoRA's shape. ``lora_alpha`` None is ``lora_rank`` (scale 1). ``add_token``: the identifier is a token
-    added to the text encoder, its embedding saved with the adapter (see the module docstring)."""
+    LoRA's shape. ``lora_alpha`` None is ``lora_rank`` (scale 1). ``add_token``: the identifiers are tokens
+    added to the text encoder, their embeddings saved with the adapter (see the module docstring).
+    ``others``: further ``(token, class word)`` subjects trained into the same LoRA together with the
+    first (one LoRA that knows several subjects, where separately trained LoRAs summed interfere)."""
 
     token: str
     class_word: str
@@ -67,14 +69,19 @@ class SubjectConfig:
     lora_alpha: int | None = None
     lora_targets: tuple[str, ...] = DEFAULT_TARGETS
     add_token: bool = False
+    others: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.token.strip() or self.token != self.token.strip():
-            raise ValueError(f"token must be non-empty text without surrounding spaces, got {self.token!r}")
-        if self.add_token and any(c.isspace() for c in self.token):
-            raise ValueError(f"an added token must be one word, got {self.token!r}")
-        if not self.class_word.strip():
-            raise ValueError(f"class_word must be non-empty text, got {self.class_word!r}")
+        for token, class_word in self.subjects:
+            if not token.strip() or token != token.strip():
+                raise ValueError(f"token must be non-empty text without surrounding spaces, got {token!r}")
+            if self.add_token and any(c.isspace() for c in token):
+                raise ValueError(f"an added token must be one word, got {token!r}")
+            if not class_word.strip():
+                raise ValueError(f"class_word must be non-empty text, got {class_word!r}")
+        tokens = [t.lower() for t, _ in self.subjects]
+        if len(set(tokens)) != len(tokens):
+            raise ValueError(f"each subject needs its own token, got {[t for t, _ in self.subjects]}")
         if not 1 <= self.text_width <= 1 << 16:
             raise ValueError(f"text_width must be in [1, 65536], got {self.text_width}")
         if not 1 <= self.lora_rank <= 1024:
@@ -87,9 +94,18 @@ class SubjectConfig:
             raise ValueError(f"lora_targets must be a non-empty subset of {allowed}, got {self.lora_targets}")
 
     @property
+    def subjects(self) -> tuple[tuple[str, str], ...]:
+        """``(token, class word)`` of every subject, the first one's first."""
+        return ((self.token, self.class_word), *self.others)
+
+    @property
     def phrase(self) -> str:
-        """``"<sks> star"``: how prompts name the subject."""
+        """``"<sks> star"``: how prompts name the (first) subject."""
         return f"{self.token} {self.class_word}"
+
+    @property
+    def phrases(self) -> tuple[str, ...]:
+        return tuple(f"{t} {c}" for t, c in self.subjects)
 
     @property
     def scale(self) -> float:
@@ -100,24 +116,30 @@ class SubjectConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         if "lora_targets" in known:
             known["lora_targets"] = tuple(known["lora_targets"])
+        if "others" in known:
+            known["others"] = tuple((str(t), str(c)) for t, c in known["others"])
         return cls(**known)
 
 
 class SubjectAdapter:
     """A subject's LoRA weights (peft state-dict keys, adapter name stripped), its config and, with
-    ``cfg.add_token``, its identifier's input embedding ``token_E``."""
+    ``cfg.add_token``, its identifiers' input embeddings ``tokens_NE`` (row n: subject n's token)."""
 
     def __init__(
         self,
         cfg: SubjectConfig,
         lora: Mapping[str, torch.Tensor] | None = None,
-        token_E: torch.Tensor | None = None,
+        tokens_NE: torch.Tensor | None = None,
     ) -> None:
-        if token_E is not None and not cfg.add_token:
-            raise ValueError("a token embedding is for an adapter whose config has add_token")
+        if tokens_NE is not None:
+            if not cfg.add_token:
+                raise ValueError("token embeddings are for an adapter whose config has add_token")
+            if tokens_NE.ndim != 2 or tokens_NE.shape[0] != len(cfg.subjects):
+                shape = tuple(tokens_NE.shape)
+                raise ValueError(f"token embeddings must be ({len(cfg.subjects)} subjects, E), got {shape}")
         self.cfg = cfg
         self.lora: dict[str, torch.Tensor] = dict(lora or {})
-        self.token_E = token_E
+        self.tokens_NE = tokens_NE
 
     def lora_config(self) -> Any:
         return block_lora_config(self.cfg.lora_rank, self.cfg.lora_alpha, self.cfg.lora_targets)
@@ -145,9 +167,11 @@ class SubjectAdapter:
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.lora.items()}, str(out / WEIGHTS_FILE))
         if self.cfg.add_token:
-            if self.token_E is None:
-                raise ValueError(f"adapter {self.cfg.phrase!r} adds its token but has no embedding for it")
-            save_file({TOKEN_KEY: self.token_E.detach().float().contiguous()}, str(out / TOKEN_FILE))
+            if self.tokens_NE is None:
+                raise ValueError(
+                    f"adapter {self.cfg.phrase!r} adds its tokens but has no embeddings for them"
+                )
+            save_file({TOKEN_KEY: self.tokens_NE.detach().float().contiguous()}, str(out / TOKEN_FILE))
         (out / CONFIG_FILE).write_text(json.dumps({SECTION: asdict(self.cfg)}, indent=2) + "\n")
         return out
 
@@ -163,12 +187,12 @@ class SubjectAdapter:
             kinds = ", ".join(sorted(data)) or "nothing"
             raise ValueError(f"{path} is not a subject adapter (its {CONFIG_FILE} holds {kinds})")
         cfg = SubjectConfig.from_dict(data[SECTION])
-        token_E = None
+        tokens_NE = None
         if cfg.add_token:
             if not (path / TOKEN_FILE).is_file():
-                raise FileNotFoundError(f"{path}: the adapter adds its token but has no {TOKEN_FILE}")
-            token_E = load_file(str(path / TOKEN_FILE))[TOKEN_KEY]
-        return cls(cfg, load_file(str(path / WEIGHTS_FILE)), token_E)
+                raise FileNotFoundError(f"{path}: the adapter adds its tokens but has no {TOKEN_FILE}")
+            tokens_NE = load_file(str(path / TOKEN_FILE))[TOKEN_KEY]
+        return cls(cfg, load_file(str(path / WEIGHTS_FILE)), tokens_NE)
 
 
 def added_tokens(adapters: Sequence[SubjectAdapter]) -> dict[str, torch.Tensor]:
@@ -178,11 +202,12 @@ def added_tokens(adapters: Sequence[SubjectAdapter]) -> dict[str, torch.Tensor]:
     for adapter in adapters:
         if not adapter.cfg.add_token:
             continue
-        if adapter.token_E is None:
-            raise ValueError(f"adapter {adapter.cfg.phrase!r} adds its token but has no embedding for it")
-        if adapter.cfg.token.lower() in (t.lower() for t in tokens):
-            raise ValueError(f"two subject adapters add the identifier {adapter.cfg.token!r}")
-        tokens[adapter.cfg.token] = adapter.token_E
+        if adapter.tokens_NE is None:
+            raise ValueError(f"adapter {adapter.cfg.phrase!r} adds its tokens but has no embeddings for them")
+        for (token, _), vector in zip(adapter.cfg.subjects, adapter.tokens_NE, strict=True):
+            if token.lower() in (t.lower() for t in tokens):
+                raise ValueError(f"two subject adapters add the identifier {token!r}")
+            tokens[token] = vector
     return tokens
 
 

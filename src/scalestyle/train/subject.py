@@ -24,6 +24,7 @@ uninterrupted one. ``accelerate launch`` runs it data-parallel, as every trainer
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -135,23 +136,49 @@ def class_caption(caption: str, class_word: str, g: torch.Generator) -> str:
     return template.format(cls=class_word)
 
 
+Folders = ImageFolder | Sequence[ImageFolder]
+"""One folder per subject of the adapter (a bare folder for a one-subject adapter)."""
+
+
+def per_subject(folders: Folders | None, adapter: SubjectAdapter, what: str) -> list[ImageFolder] | None:
+    """``folders`` as a list matching ``adapter.cfg.subjects`` (None stays None)."""
+    if folders is None:
+        return None
+    out = [folders] if isinstance(folders, ImageFolder) else list(folders)
+    if len(out) != len(adapter.cfg.subjects):
+        raise ValueError(
+            f"{len(out)} {what} folder(s) for the {len(adapter.cfg.subjects)} subject(s) "
+            f"{list(adapter.cfg.phrases)}: give one per subject, in the same order"
+        )
+    return out
+
+
 def subject_batch(
-    images: ImageFolder,
-    classes: ImageFolder | None,
+    images: Folders,
+    classes: Folders | None,
     adapter: SubjectAdapter,
     cfg: SubjectTrainConfig,
     step: int,
     g: torch.Generator,
 ) -> tuple[torch.Tensor, list[str], int]:
-    """(images, captions, number of subject rows: the class rows follow them) of ``step``."""
-    idx = images.indices(step, cfg.batch_size)
-    img = [images.image(i) for i in idx]
-    captions = [subject_caption(images.items[i].caption, adapter.cfg.phrase, g) for i in idx]
-    if classes is not None:
-        cidx = classes.indices(step, cfg.class_batch_size or cfg.batch_size)
-        img += [classes.image(i) for i in cidx]
-        captions += [class_caption(classes.items[i].caption, adapter.cfg.class_word, g) for i in cidx]
-    return torch.stack(img), captions, len(idx)
+    """(images, captions, number of subject rows: the class rows follow them) of ``step``: ``batch_size``
+    rows of each subject (and ``class_batch_size`` of each subject's class), subject by subject."""
+    folders = per_subject(images, adapter, "image")
+    class_folders = per_subject(classes, adapter, "class-image")
+    assert folders is not None
+    img: list[torch.Tensor] = []
+    captions: list[str] = []
+    for folder, phrase in zip(folders, adapter.cfg.phrases, strict=True):
+        idx = folder.indices(step, cfg.batch_size)
+        img += [folder.image(i) for i in idx]
+        captions += [subject_caption(folder.items[i].caption, phrase, g) for i in idx]
+    n = len(img)
+    if class_folders is not None:
+        for folder, (_, class_word) in zip(class_folders, adapter.cfg.subjects, strict=True):
+            cidx = folder.indices(step, cfg.class_batch_size or cfg.batch_size)
+            img += [folder.image(i) for i in cidx]
+            captions += [class_caption(folder.items[i].caption, class_word, g) for i in cidx]
+    return torch.stack(img), captions, n
 
 
 class SubjectObjective(nn.Module):
@@ -187,15 +214,16 @@ def train_subject(
     pipe: Pipeline,
     adapter: SubjectAdapter,
     cfg: SubjectTrainConfig,
-    images: ImageFolder,
+    images: Folders,
     work_dir: Path,
     *,
-    classes: ImageFolder | None = None,
+    classes: Folders | None = None,
     progress: bool = True,
 ) -> SubjectAdapter:
     """Train ``adapter``'s LoRA (fresh, seeded by ``cfg.seed``) on ``pipe``'s frozen model, or resume
     from ``work_dir/subject.ckpt``; logs to ``work_dir/subject_log.jsonl``. Returns the adapter with its
-    trained weights; the transformer is left as it was."""
+    trained weights; the transformer is left as it was. ``images`` (and ``classes``) hold one folder per
+    subject of the adapter: an adapter of several subjects learns them all in one LoRA."""
     from peft import get_peft_model_state_dict
 
     from scalestyle.train.common import make_accelerator
@@ -206,6 +234,9 @@ def train_subject(
             f"subject adapters train on text-to-image Infinity models; {pipe.model_name} is not one"
         )
     adapter.check_fits(transformer)
+    # one folder per subject, checked before any work
+    per_subject(images, adapter, "image")
+    per_subject(classes, adapter, "class-image")
     vae = pipe.vae
     accelerator = make_accelerator()
     ckpt, start = work_dir / CHECKPOINT, 0
@@ -225,11 +256,12 @@ def train_subject(
                 f"prefix_scales {cfg.prefix_scales} exceeds the schedule's {schedule.num_scales} scales"
             )
         trained = replace(schedule, grids=schedule.grids[: cfg.prefix_scales])
-    if adapter.cfg.add_token and adapter.token_E is None:
+    if adapter.cfg.add_token and adapter.tokens_NE is None:
         if not isinstance(pipe.text_encoder, TextEncoder):
             raise ValueError(f"an added identifier needs a T5 text encoder; {pipe.model_name} has none")
-        # fixed, not learned: a function of the token's text, so a resumed run needs nothing saved
-        adapter.token_E = pipe.text_encoder.new_token_embedding(adapter.cfg.token)
+        # fixed, not learned: a function of each token's text, so a resumed run needs nothing saved
+        encoder = pipe.text_encoder
+        adapter.tokens_NE = torch.stack([encoder.new_token_embedding(t) for t, _ in adapter.cfg.subjects])
     text_fn = CachedText(with_added_tokens(pipe, [adapter]))
     log = JsonlLog(work_dir / LOG)
     (name,) = adapter_names([adapter])
