@@ -693,15 +693,24 @@ DEFAULT_EVAL_METHODS = "plain,prompt-only,stylealigned,a,b,c,d"
 TRANSFER_EVAL_METHODS = "copy-content,ours"
 
 
+STYLEVAR_SPEC_VARIANTS = ("sft", "grpo", "double-append")
+
+
 def _stylevar_spec(text: str) -> tuple[str, Path, str | None]:
-    """``NAME=DIR`` or ``NAME=DIR:VARIANT`` (a released folder's sft/grpo checkpoint)."""
+    """``NAME=DIR`` or ``NAME=DIR:VARIANT``: a released folder's sft/grpo checkpoint, or double-append
+    (the folder's own checkpoint sampled with the authors' KV cache). ``stylevar-demo`` is the shipped
+    demo StyleVAR."""
+    from scalestyle.locate import model_folder
+
     name, sep, rest = text.partition("=")
     if not sep or not name or not rest:
         raise CliError(f"--stylevar wants NAME=DIR or NAME=DIR:VARIANT, got {text!r}")
-    folder, _, variant = rest.rpartition(":") if rest.endswith((":sft", ":grpo")) else (rest, "", "")
-    if not Path(folder).is_dir():
+    suffixes = tuple(f":{v}" for v in STYLEVAR_SPEC_VARIANTS)
+    folder, _, variant = rest.rpartition(":") if rest.endswith(suffixes) else (rest, "", "")
+    path = model_folder(folder)
+    if not path.is_dir():
         raise CliError(f"--stylevar {name}: no folder {folder}")
-    return name, Path(folder), variant or None
+    return name, path, variant or None
 
 
 def _evaluate_transfer(args: argparse.Namespace) -> int:
@@ -781,7 +790,10 @@ def _evaluate_transfer(args: argparse.Namespace) -> int:
             methods.append(training_free_method("ours", styler, sampling=sampling))
         else:
             _, folder, variant = next(s for s in stylevars if s[0] == name)
-            pipe = TransferPipeline.load(folder, variant=variant, device=args.device)
+            double = variant == "double-append"
+            pipe = TransferPipeline.load(
+                folder, variant=None if double else variant, device=args.device, double_append=double
+            )
             # the authors' top-k 900 is of a 4096-entry codebook; a smaller one keeps every entry
             assert isinstance(pipe.pipe.vae, VQVAE)  # a StyleVAR folder comes with a VQ-VAE
             vocab = pipe.pipe.vae.cfg.vocab_size
@@ -1220,7 +1232,9 @@ def _evaluate_parser(sub: Subparsers) -> None:
         action="append",
         default=None,
         metavar="NAME=DIR[:VARIANT]",
-        help="transfer: a StyleVAR model folder evaluated as method NAME (repeat for several)",
+        help="transfer: a StyleVAR model folder evaluated as method NAME (repeat for several; stylevar-demo: "
+        "the shipped demo); VARIANT sft or grpo (a released folder's checkpoint) or double-append (sampled "
+        "with the authors' KV cache)",
     )
     p.add_argument(
         "--adain",

@@ -69,8 +69,9 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="StyleVAR folder (from `scalestyle download stylevar`); with --random-weights a preset "
-        f"({', '.join(STYLEVAR_PRESETS)}); default: $SCALESTYLE_HOME/stylevar",
+        help="StyleVAR folder (from `scalestyle download stylevar`; stylevar-demo: the one shipped for the "
+        f"demo world); with --random-weights a preset ({', '.join(STYLEVAR_PRESETS)}); default: "
+        "$SCALESTYLE_HOME/stylevar",
     )
     p.add_argument(
         "--variant",
