@@ -183,9 +183,32 @@ def test_world_triplets_are_the_train_split_without_held_out_styles() -> None:
 
 
 def test_config_errors_name_value_and_range() -> None:
-    for field, value in (("lr", 0.0), ("warmup", 1.0), ("alpha_jitter", 0.6), ("mixed_precision", "fp16")):
+    bad = (
+        ("lr", 0.0),
+        ("warmup", 1.0),
+        ("alpha_jitter", 0.6),
+        ("mixed_precision", "fp16"),
+        ("scale_weighting", "x"),
+    )
+    for field, value in bad:
         with pytest.raises(ValueError, match=rf"{field}.* must .*{value}"):
             StyleVARTrainConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_scale_weighting_token_is_the_authors_mean_and_scale_reweighs() -> None:
+    from scalestyle.train.transformer import scale_loss_weights
+
+    preset = get_stylevar_preset("stylevar-tiny")
+    start = sft_start("stylevar-tiny")
+    model, vqvae = start.build(0)
+    g = torch.Generator().manual_seed(0)
+    t, c, s = (torch.rand(2, 3, preset.image_size, preset.image_size, generator=g) * 2 - 1 for _ in range(3))
+    with torch.no_grad():
+        authors = sft_loss(model, vqvae, t, c, s)
+        token = sft_loss(model, vqvae, t, c, s, weights_L=scale_loss_weights(model.schedule, "token"))
+        scale = sft_loss(model, vqvae, t, c, s, weights_L=scale_loss_weights(model.schedule, "scale"))
+    torch.testing.assert_close(token, authors)  # the same mean, up to the order of the sum
+    assert abs(float(scale - authors)) > 1e-4
 
 
 def test_lin0_warms_up_holds_then_decays_to_one_percent() -> None:

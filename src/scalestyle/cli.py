@@ -497,6 +497,7 @@ def cmd_train_stylevar_sft(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "alpha_jitter": args.alpha_jitter,
         "mixed_precision": args.mixed_precision,
+        "scale_weighting": args.scale_weighting,
         "num_workers": args.num_workers,
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
@@ -1066,6 +1067,13 @@ def _train_stylevar_sft_parser(train_sub: Subparsers) -> None:
         "--alpha-jitter", type=float, default=None, help="random shift of every alpha per step (v2 run: 0.15)"
     )
     p.add_argument("--mixed-precision", choices=["no", "bf16"], default=None, help="default: no")
+    p.add_argument(
+        "--scale-weighting",
+        choices=["token", "scale", "sqrt"],
+        default=None,
+        help="loss weight of each scale: token (the authors' mean over tokens, default) or scale (every "
+        "scale alike; what the demo StyleVAR needed to read its style image)",
+    )
     p.add_argument(
         "--num-workers",
         type=_at_least(0),

@@ -52,6 +52,7 @@ from scalestyle.train.common import (
     save_checkpoint,
     step_generator,
 )
+from scalestyle.train.transformer import SCALE_WEIGHTINGS, scale_loss_weights
 from scalestyle.weights import is_var_folder, load_var_models, resolve_var_files
 
 PANW_GAMMA = 0.7
@@ -89,11 +90,13 @@ def sft_loss(
     *,
     label_smoothing: float = 0.0,
     strength: float = 0.0,
+    weights_L: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The SFT objective of one triplet batch (images in [-1, 1]): teacher-forced logits of the target's
-    tokens given its content and style, mean cross-entropy over all L tokens and the batch. The frozen
-    VQ-VAE runs without gradients; the ResNet trunks and the transformer get them. ``strength`` shifts
-    every alpha by half its value (the trainer's alpha jitter)."""
+    tokens given its content and style, mean cross-entropy over all L tokens and the batch (or weighted
+    by ``weights_L``, summing to 1). The frozen VQ-VAE runs without gradients; the ResNet trunks and the
+    transformer get them. ``strength`` shifts every alpha by half its value (the trainer's alpha
+    jitter)."""
     schedule = model.schedule
     with torch.no_grad():
         indices = vqvae.encode_indices(target_B3PP, schedule)
@@ -101,9 +104,11 @@ def sft_loss(
         raw = TransferInputs.encode(vqvae, content_B3PP, style_B3PP, schedule, strength)
     target_BL = torch.cat([rearrange(i, "b h w -> b (h w)") for i in indices], dim=1)
     logits_BLV = model(inputs_BLD, model.condition([raw]), schedule)
-    L = target_BL.shape[1]
+    ce_BL = token_ce_BL(logits_BLV, target_BL, label_smoothing)
+    if weights_L is not None:
+        return (ce_BL * weights_L.to(ce_BL.device)).sum(dim=-1).mean()
     # upstream: loss.mul(1 / L).sum(dim=-1).mean()
-    return token_ce_BL(logits_BLV, target_BL, label_smoothing).mul(1 / L).sum(dim=-1).mean()
+    return ce_BL.mul(1 / target_BL.shape[1]).sum(dim=-1).mean()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -142,9 +147,18 @@ class StyleVARTrainConfig:
     ckpt_every: int = 100
     num_workers: int = 0
     mixed_precision: str = "no"
+    # "token": the authors' mean over tokens; "scale" weighs every scale alike. Teacher forcing shows the
+    # target's own coarse scales, which carry its colours, so under the token mean (the first scale is 1
+    # of 155 tokens on the demo) a short run learns to copy them and never to read the style image
+    # (measured: docs/evaluation.md, StyleVAR section)
+    scale_weighting: str = "token"
 
     def __post_init__(self) -> None:
         check_range(self, ("steps", "batch_size", "log_every", "ckpt_every"), 1)
+        if self.scale_weighting not in SCALE_WEIGHTINGS:
+            raise ValueError(
+                f"scale_weighting must be one of {SCALE_WEIGHTINGS}, got {self.scale_weighting!r}"
+            )
         check_range(self, ("lr",), 0, 1, "()")
         check_range(self, ("warmup",), 0, 1, "[)", note="a fraction of the steps")
         check_range(self, ("weight_decay", "num_workers"), 0)
@@ -212,9 +226,15 @@ class SFTObjective(nn.Module):
     """:func:`sft_loss` as one module, so that DDP sees the whole forward (trunks included); the VQ-VAE
     stays in eval mode whatever mode the objective is put in."""
 
-    def __init__(self, model: StyleVAR, vqvae: VQVAE, label_smoothing: float = 0.0) -> None:
+    weights_L: torch.Tensor | None
+
+    def __init__(
+        self, model: StyleVAR, vqvae: VQVAE, label_smoothing: float = 0.0, scale_weighting: str = "token"
+    ) -> None:
         super().__init__()
         self.model, self.vqvae, self.label_smoothing = model, vqvae.requires_grad_(False), label_smoothing
+        weights = None if scale_weighting == "token" else scale_loss_weights(model.schedule, scale_weighting)
+        self.register_buffer("weights_L", weights, persistent=False)
 
     def train(self, mode: bool = True) -> SFTObjective:
         super().train(mode)
@@ -232,6 +252,7 @@ class SFTObjective(nn.Module):
             style_B3PP,
             label_smoothing=self.label_smoothing,
             strength=strength,
+            weights_L=self.weights_L,
         )
 
 
@@ -326,7 +347,7 @@ def train_stylevar_sft(
                 "use another --work-dir"
             )
         first = int(state["step"])
-    objective = SFTObjective(model, vqvae, cfg.label_smoothing).train()
+    objective = SFTObjective(model, vqvae, cfg.label_smoothing, cfg.scale_weighting).train()
     objective, optimizer = accelerator.prepare(objective, optimizer)
     loader: torch.utils.data.DataLoader[TripletTensors] = torch.utils.data.DataLoader(
         data,  # type: ignore[arg-type]
