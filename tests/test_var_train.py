@@ -302,3 +302,18 @@ def test_recipe_runs_every_stage_and_writes_loadable_folders(tmp_path: Path) -> 
     transfer = TransferPipeline.load(stylevar_folder, device="cpu")
     assert transfer.pipe.preset.name == "stylevar-demo"
     assert all(f.stat().st_size < 16 * MiB for f in stylevar_folder.iterdir())
+
+
+def test_trunk_pretraining_moves_both_trunks_and_reports_accuracies() -> None:
+    from scalestyle.models.stylevar import StyleVAR
+    from scalestyle.train.demo_stylevar import TrunkPretrainConfig, pretrain_trunks
+
+    with pytest.raises(ValueError, match="steps"):
+        TrunkPretrainConfig(steps=0)
+    model = StyleVAR(get_stylevar_preset("stylevar-tiny").transformer)
+    model.init_weights(torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    acc = pretrain_trunks(model, TrunkPretrainConfig(steps=2, batch_size=4))
+    assert set(acc) == {"content_acc", "style_acc"} and all(0 <= a <= 1 for a in acc.values())
+    moved = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved == {"content_encoder", "style_encoder"}  # nothing but the trunks is trained

@@ -29,11 +29,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
 
 from scalestyle.config import StyleVARPreset, VARPreset, get_preset, get_stylevar_preset
 from scalestyle.data import procedural as world
 from scalestyle.data.triplets import WorldTriplets
+from scalestyle.models.stylevar import StyleVAR
 from scalestyle.schedules import var_schedule
+from scalestyle.train.common import check_range, step_generator
 from scalestyle.train.stylevar import StyleVARTrainConfig, train_stylevar_sft
 from scalestyle.train.var import VARTrainConfig, save_var_folder, train_var
 from scalestyle.train.vqvae import VQVAETrainConfig, train_vqvae
@@ -124,6 +129,61 @@ def vqvae_images(step: int, batch_size: int, g: torch.Generator) -> torch.Tensor
 
 def var_images(step: int, batch_size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return world_images(step, batch_size, g, VAR_STREAM_OFFSET)
+
+
+@dataclass(frozen=True)
+class TrunkPretrainConfig:
+    """The world's stand-in for the authors' ImageNet-pretrained ResNet-18 trunks: the content trunk
+    learns to classify the world's contents, the style trunk its training styles (held-out ones unseen),
+    each through a linear head that is thrown away."""
+
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 2e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_range(self, ("steps", "batch_size"), 1)
+        check_range(self, ("lr",), 0, 1, "()")
+
+
+# trunk pretraining draws its renders from seeds of its own, away from the VQ-VAE's and the VAR's
+TRUNK_STREAM_OFFSET = 20_000_000
+
+
+def pretrain_trunks(model: StyleVAR, cfg: TrunkPretrainConfig) -> dict[str, float]:
+    """Pretrain ``model``'s two ResNet trunks in place (see :class:`TrunkPretrainConfig`); returns the
+    heads' accuracies on the last batch (``content_acc``, ``style_acc``)."""
+    dim = model.cfg.global_dim
+    heads = nn.ModuleDict(
+        {"content": nn.Linear(dim, len(world.CONTENTS)), "style": nn.Linear(dim, len(world.TRAIN_STYLES))}
+    )
+    trunks = {"content": model.content_encoder, "style": model.style_encoder}
+    params = [p for t in trunks.values() for p in t.parameters()] + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    for t in trunks.values():
+        t.train()
+    seeds = world.SPLIT_SEEDS["train"]
+    acc: dict[str, float] = {}
+    for step in range(cfg.steps):
+        g = step_generator(cfg.seed, step)
+        c_idx = torch.randint(len(world.CONTENTS), (cfg.batch_size,), generator=g)
+        s_idx = torch.randint(len(world.TRAIN_STYLES), (cfg.batch_size,), generator=g)
+        base = (TRUNK_STREAM_OFFSET + step) * cfg.batch_size
+        img = torch.stack([
+            world.to_tensor(world.render(world.CONTENTS[c], world.TRAIN_STYLES[s], seeds[base + i]).image)
+            for i, (c, s) in enumerate(zip(c_idx.tolist(), s_idx.tolist(), strict=True))
+        ])  # fmt: skip
+        labels = {"content": c_idx, "style": s_idx}
+        loss = torch.zeros(())
+        for name, trunk in trunks.items():
+            logits = heads[name](rearrange(trunk(img), "b c 1 1 -> b c"))
+            loss = loss + F.cross_entropy(logits, labels[name])
+            acc[f"{name}_acc"] = float((logits.argmax(1) == labels[name]).float().mean())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return acc
 
 
 def train_demo_stylevar(
