@@ -1435,6 +1435,7 @@ def build_parser() -> argparse.ArgumentParser:
     from scalestyle import subject_cli
 
     subject_cli.add_teacher_parser(sub, _Formatter)
+    subject_cli.add_eval_parser(sub, _Formatter)
     return parser
 
 

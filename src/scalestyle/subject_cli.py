@@ -293,3 +293,129 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     if not args.quiet:
         sys.stderr.write(f"wrote the teacher set {out} ({n} subject images)\n")
     return 0
+
+
+# ---- subject-eval -------------------------------------------------------------------------------------
+def add_eval_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    from scalestyle.cli import _int_list, _sampling_args
+
+    p = sub.add_parser(
+        "subject-eval",
+        help="subject fidelity (CLIP-I, DINO) and prompt fidelity (CLIP-T) of the base model, a subject "
+        "adapter and its teacher, against the subject's images (DreamBooth's protocol)",
+        formatter_class=formatter,
+    )
+    p.add_argument("--adapter", required=True, metavar="DIR", help="the subject adapter (`train subject`)")
+    p.add_argument("--subject-images", required=True, metavar="DIR", help="the subject's real images")
+    p.add_argument(
+        "--prompts", required=True, help="prompts, one a line, {subject} where the adapter's phrase goes"
+    )
+    p.add_argument(
+        "--teacher-images",
+        default=None,
+        metavar="DIR",
+        help="a teacher set (`scalestyle teacher` --out, or its images/) scored as the teacher row",
+    )
+    p.add_argument("--clip", default=None, help="CLIP folder or hub id in the HF cache: CLIP-I and CLIP-T")
+    p.add_argument("--dino", default=None, help="DINO folder or hub id in the HF cache: DINO similarity")
+    p.add_argument("--out", required=True, help="folder for results.json, base/ and student/ (new or empty)")
+    p.add_argument(
+        "--seeds", type=_int_list("--seeds"), default=None, help="e.g. 0,1 or 0-3; default: --seed"
+    )
+    p.add_argument("--model", default=None, help="the adapter's base model folder; default: the bundled demo")
+    p.add_argument("--device", default=None, help="cpu, cuda; default: cuda if available")
+    p.add_argument("--quiet", action="store_true", help="no progress or summary")
+    _sampling_args(p)
+    p.set_defaults(func=cmd_subject_eval)
+
+
+def _image_files(folder: Path, flag: str) -> list[Path]:
+    from scalestyle.data.folder import IMAGE_SUFFIXES
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{flag} {folder}: no such folder")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{flag} {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _local_scorer(kind: Any, source: str, flag: str, device: str | None) -> Any:
+    """``kind.from_pretrained`` from a folder or the Hugging Face cache only: an evaluation does not
+    download its judges behind the user's back. A hub id is looked up in the cache first and loaded as
+    its snapshot folder, since transformers still asks the network (and retries for half a minute
+    offline) about a hub id even with ``local_files_only``."""
+    folder = Path(source).expanduser()
+    if not (source.startswith((".", "/", "~")) or folder.exists()):
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(source, local_files_only=True))
+        except (OSError, ValueError):  # not cached (LocalEntryNotFoundError), or not a hub id at all
+            raise FileNotFoundError(
+                f"{flag} {source}: no such folder, and not in the Hugging Face cache (subject-eval does "
+                f"not download; `huggingface-cli download {source}` fetches it)"
+            ) from None
+    try:
+        return kind.from_pretrained(folder, device=device)
+    except (OSError, ValueError) as err:
+        raise (ValueError if isinstance(err, ValueError) else OSError)(f"{flag} {source}: {err}") from None
+
+
+def cmd_subject_eval(args: argparse.Namespace) -> int:
+    from scalestyle import teacher
+    from scalestyle.cli import _counter, _device, _sampling
+    from scalestyle.eval.subject import RESULTS_FILE, SubjectEvalConfig, read_captioned, run_subject_eval
+    from scalestyle.images import load_image
+    from scalestyle.metrics import CLIPScorer, DINOScorer
+    from scalestyle.models.subject import SubjectAdapter
+    from scalestyle.pipeline import Pipeline
+    from scalestyle.schedules import parse_aspect
+
+    # everything the user named is read before any model loads
+    if not args.clip and not args.dino:
+        raise ValueError("give --clip and/or --dino: the scores need CLIP or DINO weights")
+    adapter_dir = subject_adapters([args.adapter])[0]
+    adapter = SubjectAdapter.load(adapter_dir)
+    subject_images = [load_image(f) for f in _image_files(Path(args.subject_images), "--subject-images")]
+    prompts = teacher.read_prompts(args.prompts)
+    teacher_set = read_captioned(args.teacher_images) if args.teacher_images else None
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"--out {out} exists and is not an empty folder; choose a new --out")
+    seeds = tuple(args.seeds or (args.seed,))
+    cfg = SubjectEvalConfig(
+        tuple(prompts),
+        seeds,
+        _sampling(args, parse_aspect(args.aspect)),
+        extra={
+            "adapter": str(Path(adapter_dir).resolve()),
+            "subject_images": str(Path(args.subject_images).resolve()),
+            "teacher_images": str(Path(args.teacher_images).resolve()) if args.teacher_images else None,
+            "clip": args.clip,
+            "dino": args.dino,
+        },
+    )
+    device = _device(args.device)
+    clip = _local_scorer(CLIPScorer, args.clip, "--clip", device) if args.clip else None
+    dino = _local_scorer(DINOScorer, args.dino, "--dino", device) if args.dino else None
+    pipe = Pipeline.load(args.model, device=device)
+    show = not args.quiet
+    progress, close = _counter("subject-eval", show)
+    results = run_subject_eval(
+        pipe, adapter, cfg, subject_images, out, clip=clip, dino=dino, teacher=teacher_set, progress=progress
+    )
+    close()
+    if show:
+
+        def cell(value: object) -> str:
+            return f"{value:.3f}" if isinstance(value, float) else "-"
+
+        sys.stderr.write("system    n  clip_i  dino    clip_t\n")
+        for r in results["rows"]:
+            scores = "  ".join(f"{cell(r[k]):<6}" for k in ("clip_i", "dino", "clip_t"))
+            sys.stderr.write(f"{r['system']:<8}{r['n']:>3}  {scores.rstrip()}\n")
+        sys.stderr.write(
+            f"wrote {out / RESULTS_FILE} and {len(seeds) * len(prompts)} images each in base/, student/\n"
+        )
+    return 0

@@ -18,15 +18,24 @@ subject's shape, and the prompt's style?
   seen the tokenizer's renderings still reads it; the table reports both, and the base model's rate on
   the class word (its own known shape) as the ceiling of either.
 - Prompt fidelity: the bundled style classifier (:class:`scalestyle.eval.world.Judges`) reads the style.
+
+Outside the world, with real CLIP and DINO weights (``scalestyle subject-eval``), DreamBooth's protocol
+(Ruiz et al. 2023, Sec. 4.1): :func:`embedding_fidelity` scores a set of images by CLIP-I and DINO, the
+mean cosine of each image with every real subject image, and CLIP-T, the cosine of each image with its
+prompt read without the identifier; :func:`run_subject_eval` generates a prompt set with the base model
+and with a subject adapter and scores both (and a teacher's images) so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import contextlib
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -35,8 +44,14 @@ from scipy import ndimage
 from scalestyle.data import procedural as world
 
 if TYPE_CHECKING:
+    import torch
+
+    from scalestyle.config import SamplingConfig
     from scalestyle.eval.classifier import WorldClassifier
+    from scalestyle.metrics import CLIPScorer, DINOScorer
     from scalestyle.models.bsq_vae import BSQVAE
+    from scalestyle.models.subject import SubjectAdapter
+    from scalestyle.pipeline import Pipeline
     from scalestyle.schedules import Schedule
 
 NORM_SIDE = 32
@@ -193,3 +208,244 @@ def score_images(
             )
         )
     return out
+
+
+# ---- real weights: CLIP-I, DINO and CLIP-T, DreamBooth's protocol ---------------------------------------
+SYSTEMS = ("real", "teacher", "base", "student")
+"""The rows of :func:`run_subject_eval`: the subject images among themselves (the ceiling of CLIP-I and
+DINO, DreamBooth's "real images" row), the teacher's images, the base model, the base with the adapter."""
+RESULTS_FILE = "results.json"
+
+
+def strip_identifiers(prompt: str, identifiers: Sequence[str]) -> str:
+    """``prompt`` without the identifier words: ``"a <sks> dog on a beach"`` -> ``"a dog on a beach"``.
+
+    CLIP knows the class word but not the made-up identifier, which would only add noise to CLIP-T;
+    DreamBooth scores CLIP-T on the prompt without it. Whole words only (case-insensitive), so that an
+    identifier such as ``sks`` leaves ``asks`` alone."""
+    out = prompt
+    for token in identifiers:
+        out = re.sub(rf"(?<!\S){re.escape(token)}(?=[\s,.;:!?)]|$)", "", out, flags=re.IGNORECASE)
+    return re.sub(r"\s+([,.;:!?)])", r"\1", " ".join(out.split()))
+
+
+def _unit_embeddings(
+    embed: Callable[[torch.Tensor], torch.Tensor], images: Sequence[Image.Image]
+) -> torch.Tensor:
+    """``embed`` of ``images`` in their order, ``(N, D)``; each image size is batched on its own, as
+    :func:`~scalestyle.metrics.pil_to_batch` wants one size (the scorer's processor resizes anyway)."""
+    import torch
+
+    from scalestyle.metrics import pil_to_batch
+
+    if not images:
+        raise ValueError("no images given")
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(image.size, []).append(i)
+    rows: list[torch.Tensor | None] = [None] * len(images)
+    for indices in groups.values():
+        for i, vector in zip(indices, embed(pil_to_batch([images[i] for i in indices])), strict=True):
+            rows[i] = vector
+    return torch.stack([r for r in rows if r is not None])
+
+
+def per_image_fidelity(
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    subject_images: Sequence[Image.Image],
+    *,
+    clip: CLIPScorer | None,
+    dino: DINOScorer | None,
+    identifiers: Sequence[str] = (),
+) -> dict[str, list[float]]:
+    """Each image's ``clip_i`` and ``dino`` (its mean cosine with every subject image) and ``clip_t`` (its
+    cosine with its prompt, ``identifiers`` removed by :func:`strip_identifiers`); a metric whose scorer
+    is None is left out. ``prompts``: one per image."""
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+    if not subject_images:
+        raise ValueError("no subject images given")
+    out: dict[str, list[float]] = {}
+    if clip is not None:
+        emb = _unit_embeddings(clip.embed_images, images)
+        refs = _unit_embeddings(clip.embed_images, subject_images)
+        # all pairs: clip.clip_i compares row with row (or with one shared reference)
+        out["clip_i"] = (emb @ refs.T).mean(1).tolist()
+        text = clip.embed_texts([strip_identifiers(p, identifiers) for p in prompts])
+        out["clip_t"] = (emb * text).sum(-1).tolist()
+    if dino is not None:
+        emb = _unit_embeddings(dino.embed, images)
+        refs = _unit_embeddings(dino.embed, subject_images)
+        out["dino"] = (emb @ refs.T).mean(1).tolist()
+    return out
+
+
+def embedding_fidelity(
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    subject_images: Sequence[Image.Image],
+    *,
+    clip: CLIPScorer | None,
+    dino: DINOScorer | None,
+    identifiers: Sequence[str] = (),
+) -> dict[str, float]:
+    """The set's means of :func:`per_image_fidelity` (``clip_i``, ``clip_t``, ``dino``) and its size ``n``."""
+    scores = per_image_fidelity(
+        images, prompts, subject_images, clip=clip, dino=dino, identifiers=identifiers
+    )
+    return {"n": len(images), **{k: float(np.mean(v)) for k, v in scores.items()}}
+
+
+def subject_self_similarity(
+    subject_images: Sequence[Image.Image], *, clip: CLIPScorer | None, dino: DINOScorer | None
+) -> dict[str, float]:
+    """CLIP-I and DINO of the subject images among themselves: the mean cosine over distinct pairs (each
+    image's cosine of 1 with itself left out), what a generated set could reach; empty under 2 images."""
+    n = len(subject_images)
+    out: dict[str, float] = {"n": n}
+    if n < 2:
+        return out
+    for key, embed in (("clip_i", clip and clip.embed_images), ("dino", dino and dino.embed)):
+        if embed:
+            emb = _unit_embeddings(embed, subject_images)
+            sims = emb @ emb.T
+            out[key] = float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
+    return out
+
+
+@dataclass(frozen=True)
+class SubjectEvalConfig:
+    """What :func:`run_subject_eval` generates: every prompt (``{subject}`` where the adapter's phrase goes,
+    as in a teacher's captions) at every seed, with ``sampling``'s other settings (None: the defaults)."""
+
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...] = (0,)
+    sampling: SamplingConfig | None = None
+    extra: Mapping[str, object] = field(default_factory=dict, compare=False)
+    """Recorded in ``results.json``'s config as given (the command's folders and model ids)."""
+
+    def __post_init__(self) -> None:
+        from scalestyle.models.subject import SUBJECT_PLACEHOLDER
+
+        if not self.prompts:
+            raise ValueError("no prompts given")
+        missing = [p for p in self.prompts if SUBJECT_PLACEHOLDER not in p]
+        if missing:
+            raise ValueError(
+                f"every prompt must hold {SUBJECT_PLACEHOLDER} where the subject goes: {missing[0]!r}"
+            )
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {list(self.seeds)}")
+
+
+def read_captioned(folder: str | Path) -> tuple[list[Image.Image], list[str]]:
+    """The images of a captioned folder (a teacher folder: its ``images/``) and their captions
+    (``metadata.jsonl`` or sidecar ``.txt``, as :func:`scalestyle.data.folder.scan_folder` reads them)."""
+    from scalestyle.data.folder import scan_folder
+    from scalestyle.images import load_image
+
+    root = Path(folder)
+    if (root / "images").is_dir():
+        root = root / "images"
+    items = scan_folder(root)
+    return [load_image(item.path) for item in items], [item.caption for item in items]
+
+
+def run_subject_eval(
+    pipe: Pipeline,
+    adapter: SubjectAdapter,
+    cfg: SubjectEvalConfig,
+    subject_images: Sequence[Image.Image],
+    out_dir: str | Path,
+    *,
+    clip: CLIPScorer | None,
+    dino: DINOScorer | None,
+    teacher: tuple[Sequence[Image.Image], Sequence[str]] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Generate ``cfg``'s prompts with the base model and with ``adapter`` folded in
+    (:func:`~scalestyle.models.subject.subjects_applied`), save them as ``out_dir/{base,student}/*.png``
+    with their metadata, score them and the ``teacher`` set ((images, captions with ``{subject}``)) by
+    :func:`per_image_fidelity`, and write and return ``out_dir/results.json``: ``rows`` (system, n,
+    clip_i, dino, clip_t; None where not measured), ``images`` (per-image scores), config, commit,
+    machine. The base model reads the same prompts, the identifier an unknown word to it."""
+    from dataclasses import replace
+
+    from scalestyle.bench import machine_info
+    from scalestyle.config import SamplingConfig
+    from scalestyle.metadata import write_png
+    from scalestyle.models.subject import SUBJECT_PLACEHOLDER, subjects_applied
+    from scalestyle.records import source_commit
+
+    if clip is None and dino is None:
+        raise ValueError("nothing to score with: give a CLIP or a DINO scorer")
+    sampling = cfg.sampling or SamplingConfig()
+    phrase = adapter.cfg.phrase
+    identifiers = [token for token, _ in adapter.cfg.subjects]
+    out = Path(out_dir)
+    cases = [(i, p, seed) for seed in cfg.seeds for i, p in enumerate(cfg.prompts)]
+    total, done = 2 * len(cases), 0
+    made: dict[str, tuple[list[Image.Image], list[str], list[dict[str, object]]]] = {}
+    for system in ("base", "student"):
+        folder = out / system
+        folder.mkdir(parents=True, exist_ok=True)
+        images, prompts, records = [], [], []
+        with subjects_applied(pipe, [adapter]) if system == "student" else contextlib.nullcontext():
+            for i, template, seed in cases:
+                prompt = template.replace(SUBJECT_PLACEHOLDER, phrase)
+                result = pipe(prompt, sampling=replace(sampling, seed=seed))
+                name = f"p{i:02d}_s{seed}.png"
+                meta = {
+                    **result.metadata[0],
+                    "system": system,
+                    "clip_prompt": strip_identifiers(prompt, identifiers),
+                }
+                if system == "student":
+                    meta["model"] = f"{pipe.model_name} + subject adapter {phrase!r}"
+                write_png(result.images[0], folder / name, meta)
+                images.append(result.images[0])
+                prompts.append(prompt)
+                records.append({"file": f"{system}/{name}", "prompt": prompt, "seed": seed})
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        made[system] = (images, prompts, records)
+    if teacher is not None:
+        t_images, captions = teacher
+        t_prompts = [c.replace(SUBJECT_PLACEHOLDER, phrase) for c in captions]
+        made["teacher"] = (list(t_images), t_prompts, [{"prompt": p} for p in t_prompts])
+
+    def row(system: str, scores: dict[str, float]) -> dict[str, object]:
+        return {"system": system, **{k: scores.get(k) for k in ("n", "clip_i", "dino", "clip_t")}}
+
+    rows = [row("real", subject_self_similarity(subject_images, clip=clip, dino=dino))]
+    per_image: dict[str, list[dict[str, object]]] = {}
+    for system in SYSTEMS[1:]:
+        if system not in made:
+            continue
+        images, prompts, records = made[system]
+        scores = per_image_fidelity(
+            images, prompts, subject_images, clip=clip, dino=dino, identifiers=identifiers
+        )
+        rows.append(row(system, {"n": len(images), **{k: float(np.mean(v)) for k, v in scores.items()}}))
+        per_image[system] = [{**rec, **{k: v[j] for k, v in scores.items()}} for j, rec in enumerate(records)]
+    results: dict[str, Any] = {
+        "rows": rows,
+        "config": {
+            **cfg.extra,
+            "model": pipe.model_name,
+            "phrase": phrase,
+            "identifiers": identifiers,
+            "prompts": list(cfg.prompts),
+            "sampling": asdict(sampling),
+            "n_subject_images": len(subject_images),
+        },
+        "seeds": list(cfg.seeds),
+        "commit": source_commit(),
+        "machine": machine_info(pipe.device),
+        "images": per_image,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    return results
