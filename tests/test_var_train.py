@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -292,8 +293,11 @@ def test_recipe_runs_every_stage_and_writes_loadable_folders(tmp_path: Path) -> 
     var_folder, stylevar_folder = train_demo_stylevar(
         tmp_path, DemoStyleVARTrainConfig.quick(), progress=False
     )
-    for name in ("vqvae.ckpt", "var.ckpt", "stylevar_sft.ckpt"):
+    for name in ("vqvae.ckpt", "var.ckpt", "stylevar_sft.ckpt", "sft2/stylevar_sft.ckpt"):
         assert (tmp_path / name).is_file(), name
+    assert stylevar_folder == tmp_path / "stylevar_final"
+    history = json.loads((stylevar_folder / "config.json").read_text())["extra"]["training"]
+    assert "trunks" in [h.get("stage") for h in history]  # the trunks' pretraining is on record
     pipe = Pipeline.load(var_folder, device="cpu")
     assert pipe.preset.name == "var-demo"
     assert (var_folder / "var.safetensors").stat().st_size < 16 * MiB

@@ -6,9 +6,10 @@
 
 The first runs the stages of `scalestyle.train.demo_stylevar`: the VQ-VAE, the class-conditional VAR
 (then the VAR model folder ``<work>/var_model``), StyleVAR's SFT from it on the world's triplets (then
-the StyleVAR folder ``<work>/stylevar_model``); GRPO is to follow. Every stage keeps its checkpoint in
-the work folder (keep it outside git): the same command run again after a kill continues from the last
-checkpoint and skips finished stages. On a shared CPU start it as
+``<work>/stylevar_model``), the ResNet trunks' pretraining (``<work>/trunks_model``) and a second SFT
+weighing every scale alike (the final StyleVAR folder ``<work>/stylevar_final``); GRPO is to follow.
+Every stage keeps its checkpoint in the work folder (keep it outside git): the same command run again
+after a kill continues from the last checkpoint and skips finished stages. On a shared CPU start it as
 ``nohup nice -n 19 env OMP_NUM_THREADS=1 python ...``.
 
 ``--status`` reads the logs only (no torch import): steps done per stage, the last losses, the VQ-VAE's
@@ -24,7 +25,12 @@ import json
 import sys
 from pathlib import Path
 
-STAGES = (("vqvae", "vqvae_log.jsonl"), ("var", "var_log.jsonl"), ("stylevar-sft", "stylevar_sft_log.jsonl"))
+STAGES = (
+    ("vqvae", "vqvae_log.jsonl"),
+    ("var", "var_log.jsonl"),
+    ("stylevar-sft", "stylevar_sft_log.jsonl"),
+    ("stylevar-sft2", "sft2/stylevar_sft_log.jsonl"),
+)
 
 
 def status(work_dir: Path) -> str:
@@ -50,8 +56,9 @@ def status(work_dir: Path) -> str:
         lines.append(f"{stage}: step {last['step']}{rate}; last {shown}")
     done = (work_dir / "var_model" / "scalestyle_model.json").is_file()
     lines.append(f"var model folder: {'written' if done else 'not yet'}")
-    done = (work_dir / "stylevar_model" / "config.json").is_file()
-    lines.append(f"stylevar model folder: {'written' if done else 'not yet'}")
+    for folder in ("stylevar_model", "trunks_model", "stylevar_final"):
+        done = (work_dir / folder / "config.json").is_file()
+        lines.append(f"{folder}: {'written' if done else 'not yet'}")
     return "\n".join(lines)
 
 

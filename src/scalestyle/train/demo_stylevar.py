@@ -9,7 +9,15 @@ Stages, each resumable from its checkpoint in the work folder and skipped once f
 3. ``stylevar-sft``: :func:`scalestyle.train.stylevar.train_stylevar_sft` initialised from that folder
    (:func:`scalestyle.stylevar_weights.init_from_var`) on the world's training triplets
    (:class:`scalestyle.data.triplets.WorldTriplets`), writing the StyleVAR folder ``<work>/stylevar_model``
-   (:meth:`scalestyle.transfer.TransferPipeline.load` opens it). GRPO is to follow.
+   (:meth:`scalestyle.transfer.TransferPipeline.load` opens it), with the authors' mean over tokens.
+4. ``trunks``: :func:`pretrain_trunks` on that model's two ResNet trunks (the authors start from
+   ImageNet-pretrained ones; the demo's were random), written as ``<work>/trunks_model``.
+5. ``stylevar-sft2``: SFT again from ``trunks_model`` with every scale weighed alike
+   (``scale_weighting="scale"``), checkpoint and log in ``<work>/sft2``, the final folder
+   ``<work>/stylevar_final``. Stages 4 and 5 exist because stage 3 alone left the style image unused
+   (teacher-forced loss 3.211 with the right style image, 3.209 with another's; docs/evaluation.md); they
+   were added after it had run, which is why the trunks are pretrained after a first SFT rather than
+   before it (the order not tried). GRPO is to follow.
 
 The VAR's class is the image's content, not the (content, style) pair. StyleVAR keeps everything of the
 VAR but its class embedding (the authors' vanilla transfer drops ``class_emb``) and is told the style by
@@ -38,15 +46,19 @@ from scalestyle.data import procedural as world
 from scalestyle.data.triplets import WorldTriplets
 from scalestyle.models.stylevar import StyleVAR
 from scalestyle.schedules import var_schedule
+from scalestyle.stylevar_weights import load_stylevar_models, resolve_stylevar_files, save_stylevar_dir
 from scalestyle.train.common import check_range, step_generator
 from scalestyle.train.stylevar import StyleVARTrainConfig, train_stylevar_sft
 from scalestyle.train.var import VARTrainConfig, save_var_folder, train_var
 from scalestyle.train.vqvae import VQVAETrainConfig, train_vqvae
 
-STAGES = ("vqvae", "var", "stylevar-sft")
+STAGES = ("vqvae", "var", "stylevar-sft", "trunks", "stylevar-sft2")
 """The stages :func:`train_demo_stylevar` runs, in order."""
 VAR_MODEL_DIR = "var_model"
 STYLEVAR_MODEL_DIR = "stylevar_model"
+TRUNKS_MODEL_DIR = "trunks_model"
+SFT2_DIR = "sft2"
+FINAL_MODEL_DIR = "stylevar_final"
 # The VAR draws other images than the VQ-VAE: its stream starts this many steps further into the seeds.
 VAR_STREAM_OFFSET = 10_000_000
 
@@ -68,6 +80,12 @@ class DemoStyleVARTrainConfig:
     # the authors' SFT settings but the length and batch, sized for a CPU (a row is three images)
     sft: StyleVARTrainConfig = field(
         default_factory=lambda: StyleVARTrainConfig(steps=2000, batch_size=8, ckpt_every=25)
+    )
+    trunks: TrunkPretrainConfig = field(default_factory=lambda: TrunkPretrainConfig())
+    sft2: StyleVARTrainConfig = field(
+        default_factory=lambda: StyleVARTrainConfig(
+            steps=1500, batch_size=8, ckpt_every=50, scale_weighting="scale"
+        )
     )
     triplets: int = 100_000
     var_preset: str = "var-demo"
@@ -103,6 +121,8 @@ class DemoStyleVARTrainConfig:
             VQVAETrainConfig(steps=2, batch_size=2, log_every=1, ckpt_every=1),
             VARTrainConfig(steps=2, batch_size=2, log_every=1, ckpt_every=1),
             StyleVARTrainConfig(steps=2, batch_size=2, log_every=1, ckpt_every=1),
+            TrunkPretrainConfig(steps=2, batch_size=2),
+            StyleVARTrainConfig(steps=2, batch_size=2, log_every=1, ckpt_every=1, scale_weighting="scale"),
             triplets=4,
         )
 
@@ -189,8 +209,8 @@ def pretrain_trunks(model: StyleVAR, cfg: TrunkPretrainConfig) -> dict[str, floa
 def train_demo_stylevar(
     work_dir: Path, cfg: DemoStyleVARTrainConfig, *, progress: bool = True
 ) -> tuple[Path, Path]:
-    """Run the stages into ``work_dir`` (checkpoints, logs, ``var_model/``, ``stylevar_model/``); returns the
-    VAR and the StyleVAR model folders."""
+    """Run the stages into ``work_dir`` (checkpoints, logs, ``var_model/``, ``stylevar_model/``,
+    ``trunks_model/``, ``stylevar_final/``); returns the VAR and the final StyleVAR model folders."""
     preset = cfg.var_model
     schedule = var_schedule(preset.transformer.patch_nums)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -213,4 +233,23 @@ def train_demo_stylevar(
     stylevar_folder = train_stylevar_sft(
         work_dir / STYLEVAR_MODEL_DIR, work_dir, cfg.sft, data, init=str(var_folder), progress=progress
     )
-    return var_folder, stylevar_folder
+    trunks_folder = work_dir / TRUNKS_MODEL_DIR
+    if not (trunks_folder / "config.json").is_file():
+        files = resolve_stylevar_files(stylevar_folder)
+        model, vq = load_stylevar_models(files)
+        t0 = time.perf_counter()
+        acc = pretrain_trunks(model.float(), cfg.trunks)
+        done = {
+            "stage": "trunks",
+            "config": asdict(cfg.trunks),
+            "last_batch": acc,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        save_stylevar_dir(
+            trunks_folder, preset=files.preset, model=model.eval(), vqvae=vq, history=(*files.history, done)
+        )
+    final = train_stylevar_sft(
+        work_dir / FINAL_MODEL_DIR, work_dir / SFT2_DIR, cfg.sft2, data, init=str(trunks_folder),
+        progress=progress,
+    )  # fmt: skip
+    return var_folder, final
