@@ -175,13 +175,19 @@ def pick(driver: Any, dropdown_id: str, option: str) -> None:
 
     wait_idle(driver)
     wait_for(driver, f"#{dropdown_id} input").click()
-    wait_for(driver, f"#{dropdown_id} li[role=option]")
-    item = next(
-        li
-        for li in driver.find_elements(By.CSS_SELECTOR, f"#{dropdown_id} li[role=option]")
-        if option in li.text
-    )
-    item.click()
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def find(d: Any) -> Any:
+        # the choices can be filled in after the list opens (seen after a server restart under load):
+        # wait for the wanted one, not for the first
+        try:
+            items = d.find_elements(By.CSS_SELECTOR, f"#{dropdown_id} li[role=option]")
+            return next((li for li in items if option in li.text), False)
+        except StaleElementReferenceException:
+            return False
+
+    WebDriverWait(driver, 60.0).until(find).click()
     wait_idle(driver)
 
 
