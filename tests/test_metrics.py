@@ -108,8 +108,8 @@ class Tiny:
     tokenizer: Any = None
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+def save_tiny_clip(path: Path) -> tuple[Any, Any]:
+    """A tiny seeded CLIP with its tokenizer and image processor saved in ``path``; (model, tokenizer)."""
     from transformers import CLIPConfig, CLIPModel
 
     tokenizer = build_tokenizer()
@@ -135,15 +135,14 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     )
     with seeded(0):
         model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
-    path = tmp_path_factory.mktemp("tiny_clip")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     save_processor(path, "CLIPImageProcessor", 32, CLIP_MEAN, CLIP_STD)
-    return Tiny(path, model, tokenizer)
+    return model, tokenizer
 
 
-@pytest.fixture(scope="module")
-def tiny_dino(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+def save_tiny_dino(path: Path) -> Any:
+    """A tiny seeded DINOv2 with its image processor saved in ``path``; the model."""
     from transformers import Dinov2Config, Dinov2Model
 
     cfg = Dinov2Config(
@@ -151,10 +150,22 @@ def tiny_dino(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     )
     with seeded(1):
         model = Dinov2Model(cfg).eval()
-    path = tmp_path_factory.mktemp("tiny_dino")
     model.save_pretrained(path)
     save_processor(path, "BitImageProcessor", 32, IMAGENET_MEAN, IMAGENET_STD)
-    return Tiny(path, model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    path = tmp_path_factory.mktemp("tiny_clip")
+    model, tokenizer = save_tiny_clip(path)
+    return Tiny(path, model, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tiny_dino(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    path = tmp_path_factory.mktemp("tiny_dino")
+    return Tiny(path, save_tiny_dino(path))
 
 
 @pytest.fixture(scope="module")

@@ -22,63 +22,21 @@ from scalestyle.eval.subject import (
 from scalestyle.metadata import read_png_metadata
 from scalestyle.metrics import CLIPScorer, DINOScorer, pil_to_batch
 from scalestyle.pipeline import Pipeline
-from tests.test_metrics import (
-    CLIP_MEAN,
-    CLIP_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    build_tokenizer,
-    save_processor,
-    seeded,
-)
+from tests.test_metrics import save_tiny_clip, save_tiny_dino
 from tests.test_subject import trained_like
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import CLIPConfig, CLIPModel
-
-    tokenizer = build_tokenizer()
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=16,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    vision = dict(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-    )
-    with seeded(0):
-        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
     path = tmp_path_factory.mktemp("clip")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    save_processor(path, "CLIPImageProcessor", 32, CLIP_MEAN, CLIP_STD)
+    save_tiny_clip(path)
     return path
 
 
 @pytest.fixture(scope="module")
 def dino_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import Dinov2Config, Dinov2Model
-
-    cfg = Dinov2Config(
-        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2
-    )
-    with seeded(1):
-        model = Dinov2Model(cfg).eval()
     path = tmp_path_factory.mktemp("dino")
-    model.save_pretrained(path)
-    save_processor(path, "BitImageProcessor", 32, IMAGENET_MEAN, IMAGENET_STD)
+    save_tiny_dino(path)
     return path
 
 
