@@ -34,8 +34,14 @@ from scalestyle.data.folder import ImageFolder
 from scalestyle.eval.subject import SubjectScore, mask_iou, object_mask, score_images, train_shape_judge
 from scalestyle.eval.world import Judges
 from scalestyle.method.style import StylePipeline
-from scalestyle.models.subject import DEFAULT_TARGETS, SubjectAdapter, SubjectConfig, subjects_applied
-from scalestyle.models.text_encoder import TextEncoder
+from scalestyle.models.subject import (
+    ADD_TOKEN_CHOICES,
+    DEFAULT_TARGETS,
+    SubjectAdapter,
+    SubjectConfig,
+    subjects_applied,
+    wants_added_tokens,
+)
 from scalestyle.pipeline import Pipeline, bundled_demo_dir
 from scalestyle.teacher import DEFAULT_TEACHER_STYLES, WorldTeacherConfig, world_teacher
 from scalestyle.train.subject import SubjectTrainConfig, train_subject
@@ -70,7 +76,7 @@ parser.add_argument(
 )
 parser.add_argument(
     "--add-token",
-    choices=("auto", "yes", "no"),
+    choices=ADD_TOKEN_CHOICES,
     default="auto",
     help="identifiers as added tokens (auto: when the vocabulary cannot spell them, as on the demo)",
 )
@@ -116,11 +122,7 @@ for subject, token in subjects.items():
     out = work / f"adapter_{subject}"
     if not (out / "config.json").is_file():
         cls = world.SUBJECT_CLASSES[subject]
-        add = args.add_token == "yes" or (
-            args.add_token == "auto"
-            and isinstance(pipe.text_encoder, TextEncoder)
-            and not pipe.text_encoder.spells(token)
-        )
+        add = wants_added_tokens(args.add_token, pipe.text_encoder, [token])
         adapter = SubjectAdapter(
             SubjectConfig(token, cls, 128, lora_rank=args.rank, lora_targets=targets, add_token=add)
         )
@@ -138,11 +140,7 @@ if args.joint and len(subjects) > 1:
     out = work / "adapter_joint"
     if not (out / "config.json").is_file():
         pairs = [(token, world.SUBJECT_CLASSES[subject]) for subject, token in subjects.items()]
-        add = args.add_token == "yes" or (
-            args.add_token == "auto"
-            and isinstance(pipe.text_encoder, TextEncoder)
-            and not all(pipe.text_encoder.spells(t) for t, _ in pairs)
-        )
+        add = wants_added_tokens(args.add_token, pipe.text_encoder, [t for t, _ in pairs])
         adapter = SubjectAdapter(
             SubjectConfig(*pairs[0], 128, lora_rank=args.rank, lora_targets=targets, add_token=add,
                           others=tuple(pairs[1:]))

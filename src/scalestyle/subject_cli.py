@@ -139,8 +139,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from scalestyle.data.folder import ImageFolder
     from scalestyle.models.infinity import Infinity
-    from scalestyle.models.subject import DEFAULT_TARGETS, SubjectAdapter, SubjectConfig
-    from scalestyle.models.text_encoder import TextEncoder
+    from scalestyle.models.subject import (
+        DEFAULT_TARGETS,
+        SubjectAdapter,
+        SubjectConfig,
+        wants_added_tokens,
+    )
     from scalestyle.pipeline import Pipeline
     from scalestyle.train.subject import SubjectTrainConfig, train_subject
 
@@ -187,10 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             ImageFolder(d, size_hw, seed=cfg.seed + 2 * i + 1, uncaptioned="empty")
             for i, d in enumerate(args.class_images)
         ]
-    add_token = args.add_token == "yes"
-    if args.add_token == "auto":
-        encoder = pipe.text_encoder
-        add_token = isinstance(encoder, TextEncoder) and not all(encoder.spells(t) for t in tokens)
+    add_token = wants_added_tokens(args.add_token, pipe.text_encoder, tokens)
     adapter_cfg = SubjectConfig(
         *subjects[0],
         pipe.transformer.cfg.text_channels,

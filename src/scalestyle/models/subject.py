@@ -211,6 +211,21 @@ def added_tokens(adapters: Sequence[SubjectAdapter]) -> dict[str, torch.Tensor]:
     return tokens
 
 
+ADD_TOKEN_CHOICES = ("auto", "yes", "no")
+
+
+def wants_added_tokens(choice: str, text_encoder: object, tokens: Sequence[str]) -> bool:
+    """``--add-token``: ``"yes"``, ``"no"``, or ``"auto"``: when the T5 encoder's vocabulary cannot spell
+    one of ``tokens`` (a text encoder without a vocabulary adds nothing)."""
+    from scalestyle.models.text_encoder import TextEncoder
+
+    if choice not in ADD_TOKEN_CHOICES:
+        raise ValueError(f"add_token must be one of {ADD_TOKEN_CHOICES}, got {choice!r}")
+    if choice != "auto":
+        return choice == "yes"
+    return isinstance(text_encoder, TextEncoder) and not all(text_encoder.spells(t) for t in tokens)
+
+
 def adapter_kind(folder: str | Path) -> str:
     """The section of an adapter folder's ``config.json`` (``"subject"``, ``"stylear"``)."""
     path = Path(folder) / CONFIG_FILE
