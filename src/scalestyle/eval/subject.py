@@ -250,6 +250,44 @@ def _unit_embeddings(
     return torch.stack([r for r in rows if r is not None])
 
 
+def _reference_embeddings(
+    subject_images: Sequence[Image.Image], clip: CLIPScorer | None, dino: DINOScorer | None
+) -> dict[str, torch.Tensor]:
+    """``"clip_i"`` / ``"dino"`` -> the subject images' unit embeddings ``(R, D)``, for the scorers given."""
+    refs: dict[str, torch.Tensor] = {}
+    if clip is not None:
+        refs["clip_i"] = _unit_embeddings(clip.embed_images, subject_images)
+    if dino is not None:
+        refs["dino"] = _unit_embeddings(dino.embed, subject_images)
+    return refs
+
+
+def _fidelity(
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    refs: Mapping[str, torch.Tensor],
+    clip: CLIPScorer | None,
+    dino: DINOScorer | None,
+    identifiers: Sequence[str],
+) -> dict[str, list[float]]:
+    """:func:`per_image_fidelity` against the subject images' embeddings, computed once elsewhere."""
+    out: dict[str, list[float]] = {}
+    if clip is not None:
+        emb = _unit_embeddings(clip.embed_images, images)
+        # all pairs: clip.clip_i compares row with row (or with one shared reference)
+        out["clip_i"] = (emb @ refs["clip_i"].T).mean(1).tolist()
+        text = clip.embed_texts([strip_identifiers(p, identifiers) for p in prompts])
+        out["clip_t"] = (emb * text).sum(-1).tolist()
+    if dino is not None:
+        emb = _unit_embeddings(dino.embed, images)
+        out["dino"] = (emb @ refs["dino"].T).mean(1).tolist()
+    return out
+
+
+def _set_means(scores: Mapping[str, Sequence[float]], n: int) -> dict[str, float]:
+    return {"n": n, **{k: float(np.mean(v)) for k, v in scores.items()}}
+
+
 def per_image_fidelity(
     images: Sequence[Image.Image],
     prompts: Sequence[str],
@@ -266,19 +304,8 @@ def per_image_fidelity(
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     if not subject_images:
         raise ValueError("no subject images given")
-    out: dict[str, list[float]] = {}
-    if clip is not None:
-        emb = _unit_embeddings(clip.embed_images, images)
-        refs = _unit_embeddings(clip.embed_images, subject_images)
-        # all pairs: clip.clip_i compares row with row (or with one shared reference)
-        out["clip_i"] = (emb @ refs.T).mean(1).tolist()
-        text = clip.embed_texts([strip_identifiers(p, identifiers) for p in prompts])
-        out["clip_t"] = (emb * text).sum(-1).tolist()
-    if dino is not None:
-        emb = _unit_embeddings(dino.embed, images)
-        refs = _unit_embeddings(dino.embed, subject_images)
-        out["dino"] = (emb @ refs.T).mean(1).tolist()
-    return out
+    refs = _reference_embeddings(subject_images, clip, dino)
+    return _fidelity(images, prompts, refs, clip, dino, identifiers)
 
 
 def embedding_fidelity(
@@ -294,7 +321,18 @@ def embedding_fidelity(
     scores = per_image_fidelity(
         images, prompts, subject_images, clip=clip, dino=dino, identifiers=identifiers
     )
-    return {"n": len(images), **{k: float(np.mean(v)) for k, v in scores.items()}}
+    return _set_means(scores, len(images))
+
+
+def _self_similarity(refs: Mapping[str, torch.Tensor], n: int) -> dict[str, float]:
+    """:func:`subject_self_similarity` from the subject images' embeddings."""
+    out: dict[str, float] = {"n": n}
+    if n < 2:
+        return out
+    for key, emb in refs.items():
+        sims = emb @ emb.T
+        out[key] = float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
+    return out
 
 
 def subject_self_similarity(
@@ -302,16 +340,9 @@ def subject_self_similarity(
 ) -> dict[str, float]:
     """CLIP-I and DINO of the subject images among themselves: the mean cosine over distinct pairs (each
     image's cosine of 1 with itself left out), what a generated set could reach; empty under 2 images."""
-    n = len(subject_images)
-    out: dict[str, float] = {"n": n}
-    if n < 2:
-        return out
-    for key, embed in (("clip_i", clip and clip.embed_images), ("dino", dino and dino.embed)):
-        if embed:
-            emb = _unit_embeddings(embed, subject_images)
-            sims = emb @ emb.T
-            out[key] = float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
-    return out
+    if len(subject_images) < 2:
+        return {"n": len(subject_images)}
+    return _self_similarity(_reference_embeddings(subject_images, clip, dino), len(subject_images))
 
 
 @dataclass(frozen=True)
@@ -419,16 +450,18 @@ def run_subject_eval(
     def row(system: str, scores: dict[str, float]) -> dict[str, object]:
         return {"system": system, **{k: scores.get(k) for k in ("n", "clip_i", "dino", "clip_t")}}
 
-    rows = [row("real", subject_self_similarity(subject_images, clip=clip, dino=dino))]
+    if not subject_images:
+        raise ValueError("no subject images given")
+    # the subject images are embedded once for the real row and every system's scores
+    refs = _reference_embeddings(subject_images, clip, dino)
+    rows = [row("real", _self_similarity(refs, len(subject_images)))]
     per_image: dict[str, list[dict[str, object]]] = {}
     for system in SYSTEMS[1:]:
         if system not in made:
             continue
         images, prompts, records = made[system]
-        scores = per_image_fidelity(
-            images, prompts, subject_images, clip=clip, dino=dino, identifiers=identifiers
-        )
-        rows.append(row(system, {"n": len(images), **{k: float(np.mean(v)) for k, v in scores.items()}}))
+        scores = _fidelity(images, prompts, refs, clip, dino, identifiers)
+        rows.append(row(system, _set_means(scores, len(images))))
         per_image[system] = [{**rec, **{k: v[j] for k, v in scores.items()}} for j, rec in enumerate(records)]
     results: dict[str, Any] = {
         "rows": rows,
