@@ -2,6 +2,8 @@
 
     python tools/train_demo.py --recipe v2 --work-dir /work/runs/demo_v2/work --out /work/runs/demo_v2/model
     python tools/train_demo.py --status --work-dir /work/runs/demo_v2/work
+    python tools/train_demo.py --refresh-from BASE --stage transformer --self-correction --work-dir W
+    python tools/train_demo.py --refresh-from BASE --work-dir W --out DIR
 
 The first chains VAE -> transformer -> classifiers -> model folder (`scalestyle.train.demo.train_demo`).
 Every part keeps its checkpoint in the work folder, so the same command run again after a kill continues
@@ -9,6 +11,12 @@ each part from its last checkpoint (at most ``ckpt_every`` steps are lost) and s
 shared CPU start it as ``nohup nice -n 19 env OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python ...``.
 ``--status`` reads the logs only (no torch import): steps done per part, the last losses and the step rate
 of the latest stretch of the log.
+
+``--refresh-from BASE`` runs `scalestyle.train.demo_refresh` instead: a new pixel-norm decoder on BASE's
+frozen encoder and, with ``--self-correction``, a Bitwise Self-Correction fine-tune of BASE's transformer
+(otherwise BASE's transformer is kept). The two stages are independent, so ``--stage decoder`` and
+``--stage transformer`` can run side by side, one per core; the plain command (``--stage all``) then finds
+both done and writes the model folder.
 
 ``--amp auto`` (the default) keeps the trainers' bf16 autocast only where bf16 matmuls are faster than
 float32: on a CPU without AVX512-BF16 or AMX torch emulates them (measured on the 2-core AVX2 sandbox:
@@ -81,6 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, required=True, help="checkpoints and logs (resumable)")
     parser.add_argument("--out", type=Path, help="model folder written when every part is done")
     parser.add_argument("--status", action="store_true", help="print where the run stands and exit")
+    parser.add_argument("--refresh-from", type=Path, help="a demo model folder to refresh (see above)")
+    parser.add_argument(
+        "--stage",
+        choices=("all", "decoder", "transformer"),
+        default="all",
+        help="with --refresh-from: run one stage only (default: all, then write --out)",
+    )
+    parser.add_argument(
+        "--self-correction",
+        action="store_true",
+        help="with --refresh-from: also fine-tune the transformer with Bitwise Self-Correction (tried on the "
+        "demo: it lowered content accuracy; default: keep the base transformer)",
+    )
     parser.add_argument(
         "--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (default: auto)"
     )
@@ -88,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.status:
         print(status(args.work_dir))
         return 0
+    amp = {"on": True, "off": False}.get(args.amp)
+    if amp is None:
+        amp = bf16_pays()
+    if args.refresh_from is not None:
+        return refresh(
+            args.refresh_from, args.work_dir, args.out, args.stage, amp, args.self_correction, parser
+        )
     if args.out is None:
         parser.error("--out is needed to train")
     from scalestyle.train.demo import DEMO_RECIPES, train_demo
@@ -95,13 +123,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.recipe not in DEMO_RECIPES:
         parser.error(f"--recipe must be one of {sorted(DEMO_RECIPES)}, got {args.recipe!r}")
     cfg = DEMO_RECIPES[args.recipe]()
-    amp = {"on": True, "off": False}.get(args.amp)
-    if amp is None:
-        amp = bf16_pays()
     cfg = replace(cfg, vae=replace(cfg.vae, amp=amp), transformer=replace(cfg.transformer, amp=amp))
     print(f"recipe {args.recipe}, bf16 autocast {'on' if amp else 'off'}", file=sys.stderr, flush=True)
     train_demo(args.out, args.work_dir, cfg, progress=False)
     print(f"wrote the model folder {args.out}", file=sys.stderr)
+    return 0
+
+
+def refresh(
+    base: Path,
+    work_dir: Path,
+    out: Path | None,
+    stage: str,
+    amp: bool,
+    self_correction: bool,
+    parser: argparse.ArgumentParser,
+) -> int:
+    from scalestyle.train.demo_refresh import (
+        DemoRefreshConfig,
+        refresh_decoder,
+        refresh_demo,
+        refresh_transformer,
+    )
+
+    cfg = DemoRefreshConfig.with_self_correction() if self_correction else DemoRefreshConfig()
+    tcfg = None if cfg.transformer is None else replace(cfg.transformer, amp=amp)
+    cfg = replace(cfg, decoder=replace(cfg.decoder, amp=amp), transformer=tcfg)
+    print(f"refresh of {base}, stage {stage}, bf16 autocast {'on' if amp else 'off'}", file=sys.stderr)
+    if stage == "decoder":
+        refresh_decoder(base, work_dir, cfg, progress=False)
+    elif stage == "transformer":
+        refresh_transformer(base, work_dir, cfg, progress=False)
+    elif out is None:
+        parser.error("--out is needed to write the refreshed model")
+    else:
+        refresh_demo(base, out, work_dir, cfg, progress=False)
+        print(f"wrote the model folder {out}", file=sys.stderr)
     return 0
 
 

@@ -3,6 +3,7 @@ pixels on reconstructions of eval-split renders of the procedural world (docs/de
 
     python tools/vae_spots.py --model src/scalestyle/assets/demo
     python tools/vae_spots.py --ckpt /work/runs/demo_v2/work/vae.ckpt --preset demo-v2
+    python tools/vae_spots.py --ckpt W/decoder/vae.ckpt --preset demo --decoder-norm pixel
 
 Prints one JSON object. ``zero_max_dev``: the largest deviation (over channels) of the zero-latent decode
 from its per-channel median, images in [-1, 1], unclamped; ``zero_spot_px``: its pixels at +-0.99 or beyond
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", type=Path, help="a trainer checkpoint (vae.ckpt), with --preset")
     parser.add_argument("--preset", help="the checkpoint's preset (a train demo preset name)")
     parser.add_argument("--norm", help="override the preset's VAE norm (experiments with --ckpt)")
+    parser.add_argument("--decoder-norm", help="override the decoder's norm alone (with --ckpt)")
     parser.add_argument("--images", type=int, default=64, help="eval renders to reconstruct (default: 64)")
     args = parser.parse_args(argv)
     if (args.model is None) == (args.ckpt is None):
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         preset = demo_preset(args.preset)
         if args.norm is not None:
             preset = replace(preset, vae=replace(preset.vae, norm=args.norm))
+        if args.decoder_norm is not None:
+            preset = replace(preset, vae=replace(preset.vae, decoder_norm=args.decoder_norm))
         state = torch.load(args.ckpt, map_location="cpu", weights_only=True)
         vae = BSQVAE(preset.vae)
         vae.load_state_dict(state["model"])
@@ -103,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     grids = get_schedule(1.0, preset.default_pn).grids
     info |= {
         "norm": preset.vae.norm,
+        "decoder_norm": preset.vae.decoder_norm or preset.vae.norm,
         **zero_decode(vae.eval(), grids[-1]),
         **reconstructions(vae, grids, args.images),
     }

@@ -112,7 +112,9 @@ class BSQVAEConfig:
     ``norm`` is the normalization of every encoder and decoder block: ``"group"`` is upstream's GroupNorm
     (the official VAEs); ``"pixel"`` (RMS over the channels of each pixel) and ``"group_rms"`` (GroupNorm
     without the mean subtraction) avoid the "droplet" of a GroupNorm decoder (StyleGAN2, Karras et al.
-    2020), see :class:`scalestyle.models.bsq_vae.Norm`.
+    2020), see :class:`scalestyle.models.bsq_vae.Norm`. ``decoder_norm`` overrides it for the decoder alone
+    (None: ``norm``): a new decoder can then be trained on a frozen encoder, whose codes, and every
+    transformer trained on them, stay as they were.
     """
 
     codebook_dim: int
@@ -122,10 +124,13 @@ class BSQVAEConfig:
     num_res_blocks: int = 2
     spatial_patchify: bool = False
     norm: str = "group"
+    decoder_norm: str | None = None
 
     def __post_init__(self) -> None:
         if self.norm not in VAE_NORMS:
             raise ValueError(f"norm must be one of {VAE_NORMS}, got {self.norm!r}")
+        if self.decoder_norm is not None and self.decoder_norm not in VAE_NORMS:
+            raise ValueError(f"decoder_norm must be None or one of {VAE_NORMS}, got {self.decoder_norm!r}")
         _check_positive("codebook_dim", self.codebook_dim)
         _check_positive("base_ch", self.base_ch)
         _check_positive("num_res_blocks", self.num_res_blocks)

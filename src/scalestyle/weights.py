@@ -794,8 +794,13 @@ def _build(cls: type, data: Any, where: str, nested: Mapping[str, _Builder] | No
         # `from __future__ import annotations` in config.py: field types are the annotation strings
         spec = str(known[name].type)
         field_where = f"{where}.{name}"
+        optional = spec.endswith(" | None")
+        if optional:
+            spec = spec.removesuffix(" | None")
         if name in nested:
             kwargs[name] = nested[name](value, field_where)
+        elif optional and value is None:
+            kwargs[name] = None
         elif spec in _SCALAR_TYPES:
             ok = isinstance(value, _SCALAR_TYPES[spec]) and (spec == "bool" or not isinstance(value, bool))
             if not ok:

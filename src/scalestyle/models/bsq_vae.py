@@ -243,17 +243,18 @@ class Decoder(nn.Module):
         super().__init__()
         ch, mult = cfg.base_ch, cfg.ch_mult
         c_in = ch * mult[-1]
+        norm = cfg.decoder_norm or cfg.norm
         self.conv_in = Conv(cfg.codebook_dim, c_in, 3, padding=1)
-        self.mid = _Mid(c_in, cfg.norm)
+        self.mid = _Mid(c_in, norm)
         levels: list[_Level] = []
         for i in reversed(range(len(mult))):
             blocks = []
             for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResnetBlock(c_in, ch * mult[i], cfg.norm))
+                blocks.append(ResnetBlock(c_in, ch * mult[i], norm))
                 c_in = ch * mult[i]
             levels.insert(0, _Level(blocks, Upsample(c_in) if i >= 1 else None))
         self.up = nn.ModuleList(levels)
-        self.norm_out = Norm(c_in, cfg.norm)
+        self.norm_out = Norm(c_in, norm)
         self.conv_out = Conv(c_in, 3, 3, padding=1)
 
     def forward(self, z_BdHW: torch.Tensor) -> torch.Tensor:

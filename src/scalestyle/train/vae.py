@@ -24,6 +24,7 @@ from scalestyle.train.common import JsonlLog, check_range, load_checkpoint, save
 
 BatchFn = Callable[[int, int, torch.Generator], torch.Tensor]
 """(step, batch_size, generator) -> images (B, 3, P, P) in [-1, 1]."""
+VAE_PARTS = ("all", "decoder")
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,15 @@ class VAETrainConfig:
     ckpt_every: int = 250
     # bf16 autocast: about 3x faster matmuls on CPUs with AVX512-BF16 as well as on GPUs
     amp: bool = True
+    # "decoder": the encoder and the quantizer stay frozen, so the codes (and any transformer trained on
+    # them) stay valid while the decoder is retrained
+    part: str = "all"
 
     def __post_init__(self) -> None:
         check_range(self, ("steps", "batch_size"), 1)
         check_range(self, ("lr",), 0, 1, "()")
+        if self.part not in VAE_PARTS:
+            raise ValueError(f"part must be one of {VAE_PARTS}, got {self.part!r}")
 
 
 class RandomFeatures(nn.Module):
@@ -120,16 +126,29 @@ def train_vae(
     grids: Sequence[tuple[int, int]],
     out_dir: Path,
     *,
+    init: Callable[[BSQVAE], None] | None = None,
     progress: bool = True,
 ) -> BSQVAE:
-    """Train (or resume from ``out_dir/vae.ckpt``) and return the VAE; logs to ``out_dir/vae_log.jsonl``."""
+    """Train (or resume from ``out_dir/vae.ckpt``) and return the VAE; logs to ``out_dir/vae_log.jsonl``.
+
+    ``init`` loads starting weights into the freshly built VAE (needed with ``cfg.part == "decoder"``,
+    whose frozen encoder must come from somewhere); a checkpoint, when present, overrides it.
+    """
     from scalestyle.train.common import make_accelerator
 
+    if cfg.part == "decoder" and init is None:
+        raise ValueError("part='decoder' trains on a frozen encoder: give init to load it")
     accelerator = make_accelerator()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # conv layers initialise from the global RNG
         vae = BSQVAE(vae_cfg)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    if init is not None:
+        init(vae)
+    trained: nn.Module = vae
+    if cfg.part == "decoder":
+        vae.requires_grad_(False)
+        trained = vae.decoder.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     ckpt, start = out_dir / "vae.ckpt", 0
     if ckpt.is_file():
         start = int(load_checkpoint(ckpt, model=vae, optimizer=optimizer)["step"])
@@ -144,7 +163,7 @@ def train_vae(
             losses = objective(img)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(losses["loss"])
-        accelerator.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+        accelerator.clip_grad_norm_(trained.parameters(), cfg.grad_clip)
         optimizer.step()
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             row = {k: round(float(v.detach()), 5) for k, v in losses.items()}
