@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from scalestyle.config import SamplingConfig
 from scalestyle.data import procedural as world
 from scalestyle.pipeline import Pipeline
 
@@ -24,7 +25,9 @@ rows = [
     [np.asarray(world.render(c, s, world.SPLIT_SEEDS["eval"][i]).image) for i, (c, s) in enumerate(pairs)]
 ]
 for seed in seeds:
-    images = pipe([world.caption(c, s) for c, s in pairs], seed=seed, cfg=3.0, tau=0.5).images
+    images = pipe(
+        [world.caption(c, s) for c, s in pairs], sampling=SamplingConfig(seed=seed, cfg=3.0, tau=0.5)
+    ).images
     rows.append([np.asarray(im.convert("RGB")) for im in images])
 sheet = np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
 Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.Resampling.NEAREST).save(out)
