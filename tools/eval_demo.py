@@ -53,4 +53,6 @@ for label, cfg in (("B", StyleConfig()), ("A", StyleConfig(convention="A"))):
         rows = [r for r in rows if r.method == "stylize"]
     out[f"summary_{label}"] = summarize(rows)
     print(label, json.dumps(out[f"summary_{label}"], indent=1), time.perf_counter() - t, flush=True)
-Path("runs/demo_eval.json").write_text(json.dumps(out, indent=1))
+result = Path("runs/demo_eval.json")
+result.parent.mkdir(exist_ok=True)
+result.write_text(json.dumps(out, indent=1))
