@@ -142,15 +142,16 @@ def refresh_transformer(
     side by side, one per core. With ``cfg.transformer`` None it is the base transformer, untrained."""
     files, preset, text_dir = _base(base_dir, cfg)
     transformer_state = read_state_dict(files.transformer)
-    if cfg.transformer is None:
-        model = Infinity(preset.transformer)
-        load_infinity_weights(model, transformer_state, source=str(files.transformer))
-        return model.eval()
-    vae = BSQVAE(files.preset.vae)
-    load_vae_weights(vae, read_state_dict(files.vae), source=str(files.vae))
 
     def transformer_init(model: Infinity) -> None:
         load_infinity_weights(model, transformer_state, source=str(files.transformer))
+
+    if cfg.transformer is None:
+        model = Infinity(preset.transformer)
+        transformer_init(model)
+        return model.eval()
+    vae = BSQVAE(files.preset.vae)
+    load_vae_weights(vae, read_state_dict(files.vae), source=str(files.vae))
 
     def captioned(step: int, batch_size: int, g: torch.Generator) -> tuple[torch.Tensor, list[str]]:
         return world_batch(step + 30_000_000, batch_size, g, cfg.caption_mix)
@@ -171,8 +172,8 @@ def refresh_transformer(
 def refresh_demo(
     base_dir: Path, out_dir: Path, work_dir: Path, cfg: DemoRefreshConfig, *, progress: bool = True
 ) -> Path:
-    """Write ``out_dir``: the model of ``base_dir`` with a retrained decoder and a fine-tuned transformer
-    (each stage resumed, or skipped when its checkpoint is complete)."""
+    """Write ``out_dir``: the model of ``base_dir`` with a retrained decoder and its transformer, fine-tuned
+    when ``cfg.transformer`` is set (each stage resumed, or skipped when its checkpoint is complete)."""
     _, preset, text_dir = _base(base_dir, cfg)
     t0 = time.perf_counter()
     vae = refresh_decoder(base_dir, work_dir, cfg, progress=progress)
