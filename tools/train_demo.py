@@ -2,6 +2,8 @@
 
     python tools/train_demo.py --recipe v2 --work-dir /work/runs/demo_v2/work --out /work/runs/demo_v2/model
     python tools/train_demo.py --status --work-dir /work/runs/demo_v2/work
+    python tools/train_demo.py --pack checkpoints/demo_v2 --work-dir /work/runs/demo_v2/work
+    python tools/train_demo.py --recipe v2 --unpack checkpoints/demo_v2 --work-dir W --out DIR
     python tools/train_demo.py --refresh-from BASE --stage transformer --self-correction --work-dir W
     python tools/train_demo.py --refresh-from BASE --work-dir W --out DIR
 
@@ -17,6 +19,11 @@ frozen encoder and, with ``--self-correction``, a Bitwise Self-Correction fine-t
 (otherwise BASE's transformer is kept). The two stages are independent, so ``--stage decoder`` and
 ``--stage transformer`` can run side by side, one per core; the plain command (``--stage all``) then finds
 both done and writes the model folder.
+
+``--pack DIR`` writes the work folder's checkpoints and logs as files under 16 MiB (model exact, optimizer
+moments in bfloat16: `scalestyle.train.packed`) for git, since a sandbox session keeps nothing else;
+``--unpack DIR`` puts them back into the work folder before training (a checkpoint already there at the
+same or a later step is kept).
 
 ``--amp auto`` (the default) keeps the trainers' bf16 autocast only where bf16 matmuls are faster than
 float32: on a CPU without AVX512-BF16 or AMX torch emulates them (measured on the 2-core AVX2 sandbox:
@@ -102,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         help="with --refresh-from: also fine-tune the transformer with Bitwise Self-Correction (tried on the "
         "demo: it lowered content accuracy; default: keep the base transformer)",
     )
+    parser.add_argument("--pack", type=Path, help="pack the work folder's checkpoints into this folder, exit")
+    parser.add_argument("--unpack", type=Path, help="restore a packed run into the work folder, then train")
     parser.add_argument(
         "--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (default: auto)"
     )
@@ -109,6 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.status:
         print(status(args.work_dir))
         return 0
+    if args.pack is not None:
+        from scalestyle.train.packed import pack_run
+
+        files = pack_run(args.work_dir, args.pack)
+        print(f"packed {len(files)} files into {args.pack}", file=sys.stderr)
+        return 0
+    if args.unpack is not None:
+        from scalestyle.train.packed import unpack_run
+
+        restored = unpack_run(args.unpack, args.work_dir)
+        print(f"restored {[p.name for p in restored]} from {args.unpack}", file=sys.stderr, flush=True)
     amp = {"on": True, "off": False}.get(args.amp)
     if amp is None:
         amp = bf16_pays()
