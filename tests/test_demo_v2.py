@@ -8,13 +8,22 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
 from scalestyle.config import get_preset
 from scalestyle.models.bsq_vae import BSQVAE, RMSNorm2d
 from scalestyle.models.infinity import Infinity
+from scalestyle.pipeline import Pipeline
 from scalestyle.schedules import get_schedule
-from scalestyle.train.demo import DEMO_RECIPES, DEMO_V2, DemoTrainConfig, demo_preset
+from scalestyle.train.demo import (
+    DEMO_RECIPES,
+    DEMO_V2,
+    DemoTrainConfig,
+    demo_preset,
+    snapshot_demo,
+    train_demo,
+)
 from scalestyle.weights import load_vae_weights, read_model_config, read_state_dict, save_model_dir
 from tests.helpers import tiny_transformer
 
@@ -74,3 +83,28 @@ def test_a_pixel_norm_vae_comes_back_from_its_model_folder_with_its_norm(tmp_pat
     z = torch.randn(1, preset.vae.codebook_dim, 4, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded.decode(z), vae.decode(z))
+
+
+@pytest.mark.slow  # about 6 s: every stage of the recipe, a few steps each
+def test_train_demo_end_to_end_and_a_snapshot_of_its_checkpoints(tmp_path: Path) -> None:
+    cfg = DemoTrainConfig.quick()
+    work = tmp_path / "work"
+    out = train_demo(tmp_path / "out", work, cfg, progress=False)
+    snap = snapshot_demo(work, tmp_path / "snap", cfg)
+    for name in ("transformer.safetensors", "vae.safetensors", "content_classifier.safetensors"):
+        assert read_state_dict(snap / name).keys() == read_state_dict(out / name).keys()
+        for k, v in read_state_dict(out / name).items():
+            assert torch.equal(read_state_dict(snap / name)[k], v), (name, k)
+    assert read_model_config(snap) == read_model_config(out)
+    extra = json.loads((snap / "config.json").read_text())["extra"]["snapshot"]
+    assert extra["steps"] == {"vae": 2, "transformer": 2} and extra["judges"] == str(work)
+    Pipeline.load(snap, device="cpu")  # a loadable model folder
+
+    for f in work.glob("*_classifier.safetensors"):
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match="no trained classifiers"):
+        snapshot_demo(work, tmp_path / "snap2", cfg)
+    snapshot_demo(work, tmp_path / "snap2", cfg, judges=out)
+    assert json.loads((tmp_path / "snap2" / "config.json").read_text())["extra"]["snapshot"]["judges"] == str(
+        out
+    )

@@ -12,7 +12,6 @@ from scalestyle.eval.world import Judges, evaluate_world, summarize
 from scalestyle.method.style import StyleConfig
 from scalestyle.pipeline import Pipeline
 from scalestyle.records import source_commit
-from scalestyle.schedules import get_schedule
 
 model = Path(sys.argv[1])
 seeds = [int(s) for s in sys.argv[2].split(",")]
@@ -28,7 +27,7 @@ for i, s in enumerate(world.STYLES):
         ss.append(s)
 x = torch.stack(imgs)
 with torch.no_grad():
-    rec = pipe.vae.decode(pipe.vae.encode_multiscale(x, get_schedule(1.0, "0.06M").grids).summed_codes_BdHW)
+    rec = pipe.vae.decode(pipe.vae.encode_multiscale(x, pipe.schedule_for().grids).summed_codes_BdHW)
 for name, batch in (("clean", x), ("vae_recon", rec)):
     pc = judges.content.predict(batch)
     ps = judges.style.predict(batch)

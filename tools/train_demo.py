@@ -4,6 +4,7 @@
     python tools/train_demo.py --status --work-dir /work/runs/demo_v2/work
     python tools/train_demo.py --pack checkpoints/demo_v2 --work-dir /work/runs/demo_v2/work
     python tools/train_demo.py --recipe v2 --unpack checkpoints/demo_v2 --work-dir W --out DIR
+    python tools/train_demo.py --recipe v2 --snapshot DIR --work-dir W [--judges MODEL_DIR]
     python tools/train_demo.py --refresh-from BASE --stage transformer --self-correction --work-dir W
     python tools/train_demo.py --refresh-from BASE --work-dir W --out DIR
 
@@ -24,6 +25,10 @@ both done and writes the model folder.
 moments in bfloat16: `scalestyle.train.packed`) for git, since a sandbox session keeps nothing else;
 ``--unpack DIR`` puts them back into the work folder before training (a checkpoint already there at the
 same or a later step is kept).
+
+``--snapshot DIR`` writes a model folder from the latest checkpoints of a run still training, judged by the
+run's classifiers once trained, else by those of ``--judges`` (default: the shipped demo), so
+`tools/eval_demo.py DIR` can measure it on the way.
 
 ``--amp auto`` (the default) keeps the trainers' bf16 autocast only where bf16 matmuls are faster than
 float32: on a CPU without AVX512-BF16 or AMX torch emulates them (measured on the 2-core AVX2 sandbox:
@@ -111,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--pack", type=Path, help="pack the work folder's checkpoints into this folder, exit")
     parser.add_argument("--unpack", type=Path, help="restore a packed run into the work folder, then train")
+    parser.add_argument("--snapshot", type=Path, help="write a model folder of the run so far here, exit")
+    parser.add_argument("--judges", type=Path, help="with --snapshot: a demo folder whose judges to use")
     parser.add_argument(
         "--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (default: auto)"
     )
@@ -123,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
 
         files = pack_run(args.work_dir, args.pack)
         print(f"packed {len(files)} files into {args.pack}", file=sys.stderr)
+        return 0
+    if args.snapshot is not None:
+        from scalestyle.locate import bundled_demo_dir
+        from scalestyle.train.demo import DEMO_RECIPES, snapshot_demo
+
+        judges = args.judges or bundled_demo_dir()
+        snapshot_demo(args.work_dir, args.snapshot, DEMO_RECIPES[args.recipe](), judges)
+        print(f"wrote the snapshot {args.snapshot}", file=sys.stderr)
         return 0
     if args.unpack is not None:
         from scalestyle.train.packed import unpack_run

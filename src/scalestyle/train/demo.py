@@ -23,7 +23,9 @@ from scalestyle.data import procedural as world
 from scalestyle.eval.classifier import WorldClassifier
 from scalestyle.eval.reference_fit import FILE_NAME as REFERENCE_FIT_FILE
 from scalestyle.eval.reference_fit import fit_reference_fit
+from scalestyle.models.bsq_vae import BSQVAE
 from scalestyle.models.demo_text import build_demo_text_encoder
+from scalestyle.models.infinity import Infinity
 from scalestyle.models.text_encoder import TextEncoder
 from scalestyle.schedules import get_schedule
 from scalestyle.train.classifiers import ClassifierTrainConfig, train_classifiers
@@ -150,10 +152,7 @@ def world_batch(
 def train_demo(out_dir: Path, work_dir: Path, cfg: DemoTrainConfig, *, progress: bool = True) -> Path:
     """Train every part and write the model folder ``out_dir``; checkpoints and logs go to ``work_dir``."""
     start = time.perf_counter()
-    base = demo_preset(cfg.preset)
-    preset = ModelPreset(
-        base.name, base.transformer, base.vae, TextEncoderConfig("text_encoder", 32), base.default_pn
-    )
+    preset = demo_folder_preset(cfg.preset)
     schedule = get_schedule(1.0, preset.default_pn)
     work_dir.mkdir(parents=True, exist_ok=True)
     text_dir = build_demo_text_encoder(
@@ -178,10 +177,8 @@ def train_demo(out_dir: Path, work_dir: Path, cfg: DemoTrainConfig, *, progress:
     t_transformer = time.perf_counter() - t0
     t0 = time.perf_counter()
     clf_files = (work_dir / "content_classifier.safetensors", work_dir / "style_classifier.safetensors")
-    if all(f.is_file() for f in clf_files):
-        # a finished stage resumes as a whole: the classifiers train in minutes and keep no optimizer state
-        content_clf, style_clf = (WorldClassifier.load(f) for f in clf_files)
-    else:
+    # a finished stage resumes as a whole: the classifiers train in minutes and keep no optimizer state
+    if not all(f.is_file() for f in clf_files):
         content_clf, style_clf = train_classifiers(
             cfg.classifiers, work_dir, vae=vae, schedule=schedule, progress=progress
         )
@@ -206,18 +203,86 @@ def train_demo(out_dir: Path, work_dir: Path, cfg: DemoTrainConfig, *, progress:
         },
         "held_out_styles": list(world.HELD_OUT_STYLES),
     }
+    write_demo_folder(
+        out_dir,
+        preset,
+        text_dir,
+        transformer,
+        vae,
+        clf_files,
+        cfg.reference_fit_per_style,
+        {"training": info},
+    )
+    (work_dir / "training_info.json").write_text(json.dumps(info, indent=2))
+    return out_dir
+
+
+def demo_folder_preset(name: str) -> ModelPreset:
+    """The preset a demo model folder is written with: ``name``'s, its text encoder in the folder."""
+    base = demo_preset(name)
+    return ModelPreset(
+        base.name, base.transformer, base.vae, TextEncoderConfig("text_encoder", 32), base.default_pn
+    )
+
+
+def write_demo_folder(
+    out_dir: Path,
+    preset: ModelPreset,
+    text_dir: Path,
+    transformer: Infinity,
+    vae: BSQVAE,
+    clf_files: tuple[Path, Path],
+    reference_fit_per_style: int,
+    extra: dict[str, object],
+) -> None:
+    """A loadable demo model folder: text encoder, judges, reference fit, transformer (fp16) and VAE."""
     out_dir.mkdir(parents=True, exist_ok=True)
     dest_text = out_dir / "text_encoder"
     dest_text.mkdir(exist_ok=True)
     for f in text_dir.iterdir():
         (dest_text / f.name).write_bytes(f.read_bytes())
-    for f in clf_files:
-        (out_dir / f.name).write_bytes(f.read_bytes())
+    for f, name in zip(
+        clf_files, ("content_classifier.safetensors", "style_classifier.safetensors"), strict=True
+    ):
+        (out_dir / name).write_bytes(f.read_bytes())
     # lets stylize say when a user's reference is far outside the world this model knows
-    fit_reference_fit(style_clf, cfg.reference_fit_per_style).save(out_dir / REFERENCE_FIT_FILE)
+    style_clf = WorldClassifier.load(clf_files[1])
+    fit_reference_fit(style_clf, reference_fit_per_style).save(out_dir / REFERENCE_FIT_FILE)
     # config.json is written last, so an interrupted export is never taken for a model folder
     # fp16 halves the shipped transformer (the loader casts back to fp32); the VAE stays fp32
     shipped = copy.deepcopy(transformer).half()
-    save_model_dir(out_dir, preset=preset, transformer=shipped, vae=vae, extra={"training": info})
-    (work_dir / "training_info.json").write_text(json.dumps(info, indent=2))
+    save_model_dir(out_dir, preset=preset, transformer=shipped, vae=vae, extra=extra)
+
+
+def snapshot_demo(work_dir: Path, out_dir: Path, cfg: DemoTrainConfig, judges: Path | None = None) -> Path:
+    """A model folder from the latest checkpoints of a run still training, to measure it on the way.
+
+    The judges are the run's own once its classifiers are trained, else ``judges``' (another demo model
+    folder: the world's judges see only 64x64 RGB images, so any demo's judge any demo's output).
+    """
+    preset = demo_folder_preset(cfg.preset)
+    steps = {}
+    vae, transformer = BSQVAE(preset.vae), Infinity(preset.transformer)
+    for name, model in (("vae", vae), ("transformer", transformer)):
+        state = torch.load(work_dir / f"{name}.ckpt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        steps[name] = int(state["step"])
+    names = ("content_classifier.safetensors", "style_classifier.safetensors")
+    source = work_dir if all((work_dir / n).is_file() for n in names) else judges
+    if source is None:
+        raise FileNotFoundError(
+            f"{work_dir} has no trained classifiers yet: pass the judges of a demo folder"
+        )
+    clf_files = (source / names[0], source / names[1])
+    info = {"steps": steps, "of": {"vae": cfg.vae.steps, "transformer": cfg.transformer.steps}}
+    write_demo_folder(
+        out_dir,
+        preset,
+        work_dir / "text_encoder",
+        transformer.eval(),
+        vae.eval(),
+        clf_files,
+        cfg.reference_fit_per_style,
+        {"snapshot": {**info, "judges": str(source)}},
+    )
     return out_dir
