@@ -216,3 +216,14 @@ def test_world_batches_use_training_styles_and_every_caption_word_tokenizes() ->
         for c in captions:
             assert set(c.split()) <= vocab
             assert not any(s in c for s in world.HELD_OUT_STYLES)
+
+
+def test_amp_none_decides_by_machine_once_and_an_explicit_setting_wins() -> None:
+    from scalestyle.train.common import bf16_pays, use_amp
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_amp(True, cpu) is True and use_amp(False, cuda) is False
+    assert use_amp(None, cuda) is True  # GPUs run bf16 natively
+    assert use_amp(None, cpu) is bf16_pays("cpu") is use_amp(None, cpu)  # timed once per process
+    assert bf16_pays.cache_info().hits >= 1
+    assert TransformerTrainConfig().amp is None and VAETrainConfig().amp is None

@@ -30,9 +30,9 @@ same or a later step is kept).
 run's classifiers once trained, else by those of ``--judges`` (default: the shipped demo), so
 `tools/eval_demo.py DIR` can measure it on the way.
 
-``--amp auto`` (the default) keeps the trainers' bf16 autocast only where bf16 matmuls are faster than
-float32: on a CPU without AVX512-BF16 or AMX torch emulates them (measured on the 2-core AVX2 sandbox:
-1.2 GFLOP/s against 54 GFLOP/s in float32), so there the recipe runs in float32.
+``--amp auto`` (the default, as in the trainers' configs) uses bf16 autocast only where bf16 matmuls are
+faster than float32 (`scalestyle.train.common.bf16_pays`): on a CPU without AVX512-BF16 or AMX torch
+emulates them (measured on the 2-core AVX2 sandbox: 1.2 GFLOP/s against 54 GFLOP/s in float32).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -72,25 +71,6 @@ def status(work_dir: Path) -> str:
     done = (work_dir / "content_classifier.safetensors").is_file()
     lines.append(f"classifiers: {'done' if done else 'not done'}")
     return "\n".join(lines)
-
-
-def bf16_pays() -> bool:
-    """Whether bf16 matmuls beat float32 on this machine (always on CUDA; timed on the CPU)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return True
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(256, 256, generator=g), torch.randn(256, 256, generator=g)
-    seconds = []
-    for dtype in (torch.float32, torch.bfloat16):
-        x, y = a.to(dtype), b.to(dtype)
-        x @ y  # the first call may pick or compile a kernel
-        start = time.process_time()  # CPU time: the other jobs on a shared CPU do not count
-        for _ in range(3):
-            x @ y
-        seconds.append(time.process_time() - start)
-    return seconds[1] < seconds[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,8 +125,6 @@ def main(argv: list[str] | None = None) -> int:
         restored = unpack_run(args.unpack, args.work_dir)
         print(f"restored {[p.name for p in restored]} from {args.unpack}", file=sys.stderr, flush=True)
     amp = {"on": True, "off": False}.get(args.amp)
-    if amp is None:
-        amp = bf16_pays()
     if args.refresh_from is not None:
         return refresh(
             args.refresh_from, args.work_dir, args.out, args.stage, amp, args.self_correction, parser
@@ -159,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--recipe must be one of {sorted(DEMO_RECIPES)}, got {args.recipe!r}")
     cfg = DEMO_RECIPES[args.recipe]()
     cfg = replace(cfg, vae=replace(cfg.vae, amp=amp), transformer=replace(cfg.transformer, amp=amp))
-    print(f"recipe {args.recipe}, bf16 autocast {'on' if amp else 'off'}", file=sys.stderr, flush=True)
+    print(f"recipe {args.recipe}, bf16 autocast {args.amp}", file=sys.stderr, flush=True)
     train_demo(args.out, args.work_dir, cfg, progress=False)
     print(f"wrote the model folder {args.out}", file=sys.stderr)
     return 0
@@ -170,7 +148,7 @@ def refresh(
     work_dir: Path,
     out: Path | None,
     stage: str,
-    amp: bool,
+    amp: bool | None,
     self_correction: bool,
     parser: argparse.ArgumentParser,
 ) -> int:
@@ -184,7 +162,7 @@ def refresh(
     cfg = DemoRefreshConfig.with_self_correction() if self_correction else DemoRefreshConfig()
     tcfg = None if cfg.transformer is None else replace(cfg.transformer, amp=amp)
     cfg = replace(cfg, decoder=replace(cfg.decoder, amp=amp), transformer=tcfg)
-    print(f"refresh of {base}, stage {stage}, bf16 autocast {'on' if amp else 'off'}", file=sys.stderr)
+    print(f"refresh of {base}, stage {stage}, bf16 autocast {amp}", file=sys.stderr)
     if stage == "decoder":
         refresh_decoder(base, work_dir, cfg, progress=False)
     elif stage == "transformer":

@@ -8,6 +8,7 @@ which wraps the model in DDP when launched that way and is a no-op wrapper on on
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -101,3 +102,33 @@ def make_accelerator(mixed_precision: str = "no") -> Any:
     from accelerate import Accelerator
 
     return Accelerator(mixed_precision=mixed_precision)
+
+
+@functools.cache
+def bf16_pays(device_type: str) -> bool:
+    """Whether bf16 autocast speeds up training on this machine: always on CUDA; timed on the CPU.
+
+    On a CPU without AVX512-BF16 or AMX torch emulates bf16 matmuls: measured on a 2-core AVX2 sandbox at
+    1.2 GFLOP/s against 54 in float32, while CPUs with AVX512-BF16 run them about 3x faster than float32.
+    Cached per process, so every trainer of one run (and a resumed one's stages) decides alike.
+    """
+    if device_type == "cuda":
+        return True
+    if device_type != "cpu":
+        return False
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(256, 256, generator=g), torch.randn(256, 256, generator=g)
+    seconds = []
+    for dtype in (torch.float32, torch.bfloat16):
+        x, y = a.to(dtype), b.to(dtype)
+        x @ y  # the first call may pick or compile a kernel
+        start = time.process_time()  # CPU time: the other jobs on a shared CPU do not count
+        for _ in range(3):
+            x @ y
+        seconds.append(time.process_time() - start)
+    return seconds[1] < seconds[0]
+
+
+def use_amp(amp: bool | None, device: torch.device) -> bool:
+    """A trainer's ``amp`` setting resolved: ``None`` is bf16 autocast where it pays (:func:`bf16_pays`)."""
+    return bf16_pays(device.type) if amp is None else amp

@@ -44,7 +44,14 @@ from scalestyle.models.bsq_vae import BSQVAE
 from scalestyle.models.infinity import Infinity
 from scalestyle.models.text_encoder import PackedText, TextEncoder
 from scalestyle.schedules import Schedule
-from scalestyle.train.common import JsonlLog, check_range, load_checkpoint, save_checkpoint, step_generator
+from scalestyle.train.common import (
+    JsonlLog,
+    check_range,
+    load_checkpoint,
+    save_checkpoint,
+    step_generator,
+    use_amp,
+)
 from scalestyle.train.vae import lr_at
 
 BatchFn = Callable[[int, int, torch.Generator], tuple[torch.Tensor, list[str]]]
@@ -70,8 +77,9 @@ class TransformerTrainConfig:
     seed: int = 0
     log_every: int = 25
     ckpt_every: int = 250
-    # bf16 autocast: about 3x faster matmuls on CPUs with AVX512-BF16 as well as on GPUs
-    amp: bool = True
+    # bf16 autocast: about 3x faster matmuls on CPUs with AVX512-BF16 as well as on GPUs, but emulated and
+    # 45x slower on a CPU without; None decides by machine (train.common.bf16_pays)
+    amp: bool | None = None
 
     def __post_init__(self) -> None:
         check_range(self, ("steps", "batch_size"), 1)
@@ -258,6 +266,7 @@ def train_transformer(
     from scalestyle.train.common import make_accelerator
 
     accelerator = make_accelerator()
+    amp = use_amp(cfg.amp, accelerator.device)
     model = Infinity(model_cfg)
     model.init_weights(torch.Generator().manual_seed(cfg.seed))
     if init is not None:
@@ -290,7 +299,7 @@ def train_transformer(
         text = text_fn(captions).to(accelerator.device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.lr, cfg.warmup, cfg.steps)
-        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=amp):
             out = objective(inputs, bits, text, drop)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(out["loss"])

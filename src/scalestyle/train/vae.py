@@ -20,7 +20,14 @@ from tqdm import tqdm
 
 from scalestyle.config import BSQVAEConfig
 from scalestyle.models.bsq_vae import BSQVAE
-from scalestyle.train.common import JsonlLog, check_range, load_checkpoint, save_checkpoint, step_generator
+from scalestyle.train.common import (
+    JsonlLog,
+    check_range,
+    load_checkpoint,
+    save_checkpoint,
+    step_generator,
+    use_amp,
+)
 
 BatchFn = Callable[[int, int, torch.Generator], torch.Tensor]
 """(step, batch_size, generator) -> images (B, 3, P, P) in [-1, 1]."""
@@ -41,8 +48,9 @@ class VAETrainConfig:
     seed: int = 0
     log_every: int = 25
     ckpt_every: int = 250
-    # bf16 autocast: about 3x faster matmuls on CPUs with AVX512-BF16 as well as on GPUs
-    amp: bool = True
+    # bf16 autocast: about 3x faster matmuls on CPUs with AVX512-BF16 as well as on GPUs, but emulated and
+    # 45x slower on a CPU without; None decides by machine (train.common.bf16_pays)
+    amp: bool | None = None
     # "decoder": the encoder and the quantizer stay frozen, so the codes (and any transformer trained on
     # them) stay valid while the decoder is retrained
     part: str = "all"
@@ -139,6 +147,7 @@ def train_vae(
     if cfg.part == "decoder" and init is None:
         raise ValueError("part='decoder' trains on a frozen encoder: give init to load it")
     accelerator = make_accelerator()
+    amp = use_amp(cfg.amp, accelerator.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # conv layers initialise from the global RNG
         vae = BSQVAE(vae_cfg)
@@ -159,7 +168,7 @@ def train_vae(
         img = batches(step, cfg.batch_size, step_generator(cfg.seed, step)).to(accelerator.device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.lr, cfg.warmup, cfg.steps)
-        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=amp):
             losses = objective(img)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(losses["loss"])
