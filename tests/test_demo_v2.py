@@ -7,6 +7,7 @@ import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -50,11 +51,16 @@ def test_v2_recipe_trains_a_prefix_of_the_schedule() -> None:
     assert t.full_rows < t.batch_size
 
 
-def test_driver_status_reads_steps_losses_and_the_latest_runs_rate(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("train_demo_tool", ROOT / "tools" / "train_demo.py")
+def load_tool(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_driver_status_reads_steps_losses_and_the_latest_runs_rate(tmp_path: Path) -> None:
+    tool = load_tool("train_demo")
     rows = [
         {"time_s": 10.0, "step": 25, "loss": 1.0},
         {"time_s": 20.0, "step": 50, "loss": 0.8},
@@ -86,7 +92,9 @@ def test_a_pixel_norm_vae_comes_back_from_its_model_folder_with_its_norm(tmp_pat
 
 
 @pytest.mark.slow  # about 6 s: every stage of the recipe, a few steps each
-def test_train_demo_end_to_end_and_a_snapshot_of_its_checkpoints(tmp_path: Path) -> None:
+def test_train_demo_end_to_end_and_a_snapshot_of_its_checkpoints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = DemoTrainConfig.quick()
     work = tmp_path / "work"
     out = train_demo(tmp_path / "out", work, cfg, progress=False)
@@ -99,6 +107,12 @@ def test_train_demo_end_to_end_and_a_snapshot_of_its_checkpoints(tmp_path: Path)
     extra = json.loads((snap / "config.json").read_text())["extra"]["snapshot"]
     assert extra["steps"] == {"vae": 2, "transformer": 2} and extra["judges"] == str(work)
     Pipeline.load(snap, device="cpu")  # a loadable model folder
+    tool = load_tool("eval_plain")
+    assert tool.main([str(snap), "--styles", "neon"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 16 and 0 <= result["content_acc"] <= 1 and result["styles"] == ["neon"]
+    with pytest.raises(SystemExit):
+        tool.main([str(snap), "--styles", "crayon"])  # a held-out style has no plain caption to check
 
     for f in work.glob("*_classifier.safetensors"):
         f.unlink()
