@@ -34,6 +34,12 @@ def trained(steps: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     return model, opt
 
 
+def shared_buffer(model: torch.nn.Module) -> None:
+    """One buffer under two names, as BSQVAE's quantizer has: packing must not trip over shared memory."""
+    model.register_buffer("mask", torch.arange(4.0))
+    model[0].register_buffer("mask", model.mask)
+
+
 def test_pack_round_trip_keeps_the_model_exact_and_the_moments_to_bf16(tmp_path: Path) -> None:
     model, opt = trained(5)
     cfg = TransformerTrainConfig(steps=7, batch_size=2)
@@ -62,12 +68,15 @@ def test_pack_round_trip_keeps_the_model_exact_and_the_moments_to_bf16(tmp_path:
 def test_a_run_continued_from_the_pack_tracks_the_uninterrupted_one(tmp_path: Path) -> None:
     full, _ = trained(10)
     model, opt = trained(5)
+    for m in (full, model):
+        shared_buffer(m)
     at5 = {k: v.clone() for k, v in model.state_dict().items()}
     save_checkpoint(tmp_path / "w" / "t.ckpt", model=model, optimizer=opt, step=5, config={"steps": 10})
     pack_run(tmp_path / "w", tmp_path / "pack")
     unpack_run(tmp_path / "pack", tmp_path / "fresh")
     state = torch.load(tmp_path / "fresh" / "t.ckpt", weights_only=True)
     model2, opt2 = trained(0)
+    shared_buffer(model2)
     model2.load_state_dict(state["model"])
     opt2.load_state_dict(state["optimizer"])
     for i in range(5, 10):
@@ -78,7 +87,7 @@ def test_a_run_continued_from_the_pack_tracks_the_uninterrupted_one(tmp_path: Pa
         opt2.step()
     # the bf16 moments move the next five updates by well under a percent of their size
     for (k, a), b in zip(full.state_dict().items(), model2.state_dict().values(), strict=True):
-        assert (a - b).abs().max() < 0.01 * (a - at5[k]).abs().max(), k
+        assert (a - b).abs().max() <= 0.01 * (a - at5[k]).abs().max(), k
 
 
 def test_pack_run_trims_the_log_to_the_checkpoint_and_unpack_never_goes_back(tmp_path: Path) -> None:

@@ -30,7 +30,8 @@ _OPTIMIZER = "optimizer"
 def _split(obj: Any, path: str, tensors: dict[str, torch.Tensor], lossy: bool) -> Any:
     """``obj`` as JSON with each tensor replaced by a reference to its name in ``tensors``."""
     if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
+        # a clone: safetensors refuses tensors that share memory (a VAE registers one mask under two names)
+        t = obj.detach().cpu().clone()
         ref: dict[str, Any] = {"tensor": path, "dtype": str(t.dtype).removeprefix("torch.")}
         # AdamW's per-step counter is a 0-d float tensor: it stays exact
         if lossy and t.is_floating_point() and t.ndim > 0 and t.dtype != torch.bfloat16:
