@@ -111,6 +111,13 @@ def test_train_demo_end_to_end_and_a_snapshot_of_its_checkpoints(
     assert tool.main([str(snap), "--styles", "neon"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 16 and 0 <= result["content_acc"] <= 1 and result["styles"] == ["neon"]
+    # the plain row does not change when teacher-forced rows are added beside it
+    assert tool.main([str(snap), "--styles", "neon", "--given-scales", "2"]) == 0
+    forced = json.loads(capsys.readouterr().out)
+    assert forced["content_acc"] == result["content_acc"] and forced["style_acc"] == result["style_acc"]
+    assert forced["given_scales"]["2"]["n"] == 16
+    with pytest.raises(SystemExit):
+        tool.main([str(snap), "--styles", "neon", "--given-scales", "99"])
     with pytest.raises(SystemExit):
         tool.main([str(snap), "--styles", "crayon"])  # a held-out style has no plain caption to check
 

@@ -129,6 +129,11 @@ def test_cli_evaluate_transfer(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert {"content_correct", "style_correct", "l1_target", "gram_style"} <= ours.keys()
     with Image.open(tmp_path / "run" / ours["image"]) as img:
         assert img.mode == "RGB" and "settings" in img.info
+    # a StyleVAR method's strength and style CFG reach its sampling and its recorded config
+    knob = "sv=stylevar-demo:strength=0.5:cfg=0"
+    assert main([*base, "--out", str(tmp_path / "sv"), "--stylevar", knob, "--methods", "sv"]) == 0
+    (sv,) = [json.loads(line) for line in (tmp_path / "sv" / ROWS_FILE).read_text().splitlines()]
+    assert sv["config"]["strength"] == 0.5 and sv["config"]["sampling"]["cfg"] == 0.0
     # the AdaIN baseline joins the same folder as one more method
     from scalestyle.adain_weights import save_adain_dir
     from tests.test_adain import tiny_adain
@@ -139,3 +144,22 @@ def test_cli_evaluate_transfer(tmp_path: Path, capsys: pytest.CaptureFixture[str
     rows = [json.loads(line) for line in (tmp_path / "run" / ROWS_FILE).read_text().splitlines()]
     assert [r["method"] for r in rows] == ["copy-content", "ours", "adain"]
     assert rows[2]["config"]["model"] == "tiny-adain" and rows[2]["l1_target"] > 0
+
+
+def test_stylevar_spec_options(tmp_path: Path) -> None:
+    from scalestyle.cli import CliError, StyleVARSpec, _stylevar_spec
+
+    folder = tmp_path / "a:b"  # a ':' inside the folder's own path stays part of it
+    folder.mkdir()
+    assert _stylevar_spec(f"sv={folder}") == StyleVARSpec("sv", folder)
+    spec = _stylevar_spec(f"sv={folder}:double-append:strength=0.5:cfg=1.5")
+    assert spec == StyleVARSpec("sv", folder, "double-append", 0.5, 1.5)
+    assert _stylevar_spec(f"sv={folder}:cfg=0:grpo") == StyleVARSpec("sv", folder, "grpo", 0.0, 0.0)
+    for bad, match in [
+        (f"sv={folder}:strength=2", r"strength must be in \[-1, 1\], got 2"),
+        (f"sv={folder}:cfg=-1", "cfg must be >= 0"),
+        (f"sv={folder}:strength=x", "strength wants a number"),
+        (f"sv={folder}:sft:grpo", "no folder"),
+    ]:
+        with pytest.raises(CliError, match=match):
+            _stylevar_spec(bad)

@@ -1,10 +1,14 @@
 """Plain-generation accuracy of a demo model folder: the quick check of a run on the way (issue 14).
 
-    python tools/eval_plain.py MODEL_DIR [--styles neon,sepia] [--seeds 0] [--cfg 3]
+    python tools/eval_plain.py MODEL_DIR [--styles neon,sepia] [--seeds 0] [--cfg 3] [--given-scales 3,5]
 
 Every world content in each named training style ("<content> in <style>"), judged by the folder's own
 judges; prints one JSON object (content and style accuracy, seconds per image, commit). The full
 model-card measurement is `tools/eval_demo.py`; this is its plain row on a subset, in a minute or two.
+
+``--given-scales K`` adds a row per K where the first K scales are not sampled but teacher-forced with the
+tokens of a true render of the case (an eval-split seed): it tells which scales a run has yet to learn
+(content that appears once the coarse scales are given is drawn right by the fine scales).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from scalestyle.data import procedural as world
 from scalestyle.eval.world import Judges, Row, summarize
 from scalestyle.pipeline import Pipeline
 from scalestyle.records import source_commit
+from scalestyle.sampling import PathPlan
 
 # seven training styles spread over the world's palettes and textures; the 112 cases of docs/demo_v2.md
 DEFAULT_STYLES = "neon,blueprint,sepia,chalkboard,stained glass,watercolor,thermal"
@@ -33,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--styles", default=DEFAULT_STYLES, help="comma-separated training styles")
     parser.add_argument("--seeds", default="0", help="comma-separated sampling seeds")
     parser.add_argument("--cfg", type=float, default=3.0)
+    parser.add_argument(
+        "--given-scales", default="", help="comma-separated K: rows with the first K scales teacher-forced"
+    )
     args = parser.parse_args(argv)
     styles = args.styles.split(",")
     unknown = [s for s in styles if s not in world.TRAIN_STYLES]
@@ -40,25 +48,37 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--styles must be training styles, got {unknown}")
     seeds = [int(s) for s in args.seeds.split(",")]
     pipe = Pipeline.load(args.model, device="cpu")
+    schedule = pipe.schedule_for()
+    given = [int(k) for k in args.given_scales.split(",") if k]
+    if bad := [k for k in given if not 1 <= k <= len(schedule.grids)]:
+        parser.error(f"--given-scales must be in [1, {len(schedule.grids)}], got {bad}")
     judges = Judges.load(args.model)
     rows = []
     for style in styles:
-        for content in world.CONTENTS:
+        for i, content in enumerate(world.CONTENTS):
+            prompt = world.caption(content, style)
+            truth = world.render(content, style, world.SPLIT_SEEDS["eval"][i]).image
+            tokens = pipe.reference_tokens(truth, schedule) if given else ()
             for seed in seeds:
-                t = time.perf_counter()
-                sampling = SamplingConfig(cfg=args.cfg, seed=seed)
-                image = pipe(world.caption(content, style), sampling=sampling).images[0]
-                seconds = time.perf_counter() - t
-                (pc,), (ps,), prob = judges.judge([image])
-                p_style = float(prob[0, world.STYLES.index(style)])
-                rows.append(Row("plain", content, style, seed, None, pc, ps, p_style, seconds))
+                for k in (0, *given):
+                    t = time.perf_counter()
+                    plan = PathPlan("gen", pipe.encode_text([prompt]), given_tokens=tokens[:k])
+                    summed = pipe.run_paths([plan], SamplingConfig(cfg=args.cfg, seed=seed), schedule)["gen"]
+                    image = pipe.decode(summed)[0]
+                    seconds = time.perf_counter() - t
+                    (pc,), (ps,), prob = judges.judge([image])
+                    p_style = float(prob[0, world.STYLES.index(style)])
+                    method = f"given-{k}" if k else "plain"
+                    rows.append(Row(method, content, style, seed, None, pc, ps, p_style, seconds))
+    summary = summarize(rows)
     out = {
         "model": str(args.model),
         "commit": source_commit(),
         "styles": styles,
         "seeds": seeds,
         "cfg": args.cfg,
-        **summarize(rows)["plain"],
+        **summary["plain"],
+        **({"given_scales": {k: summary[f"given-{k}"] for k in given}} if given else {}),
     }
     print(json.dumps(out, indent=1))
     return 0

@@ -12,7 +12,7 @@ import json
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -697,21 +697,55 @@ TRANSFER_EVAL_METHODS = "copy-content,ours"
 STYLEVAR_SPEC_VARIANTS = ("sft", "grpo", "double-append")
 
 
-def _stylevar_spec(text: str) -> tuple[str, Path, str | None]:
-    """``NAME=DIR`` or ``NAME=DIR:VARIANT``: a released folder's sft/grpo checkpoint, or double-append
-    (the folder's own checkpoint sampled with the authors' KV cache). ``stylevar-demo`` is the shipped
-    demo StyleVAR."""
+@dataclass(frozen=True)
+class StyleVARSpec:
+    """One ``--stylevar`` method of ``evaluate --protocol transfer``; ``cfg`` None keeps the sampling
+    default (``transfer.TRANSFER_SAMPLING``)."""
+
+    name: str
+    folder: Path
+    variant: str | None = None
+    strength: float = 0.0
+    cfg: float | None = None
+
+
+def _stylevar_spec(text: str) -> StyleVARSpec:
+    """``NAME=DIR[:VARIANT][:strength=F][:cfg=F]``: VARIANT is a released folder's sft/grpo checkpoint,
+    or double-append (the folder's own checkpoint sampled with the authors' KV cache); strength and cfg
+    are ``transfer``'s --strength and --cfg. ``stylevar-demo`` is the shipped demo StyleVAR."""
     from scalestyle.locate import model_folder
 
+    usage = "--stylevar wants NAME=DIR[:VARIANT][:strength=F][:cfg=F]"
     name, sep, rest = text.partition("=")
     if not sep or not name or not rest:
-        raise CliError(f"--stylevar wants NAME=DIR or NAME=DIR:VARIANT, got {text!r}")
-    suffixes = tuple(f":{v}" for v in STYLEVAR_SPEC_VARIANTS)
-    folder, _, variant = rest.rpartition(":") if rest.endswith(suffixes) else (rest, "", "")
+        raise CliError(f"{usage}, got {text!r}")
+    folder, variant, knobs = rest, None, {}
+    # options are peeled off the end, so a folder path may itself contain ':'
+    while True:
+        head, colon, tail = folder.rpartition(":")
+        key, eq, value = tail.partition("=")
+        if not colon or not head:
+            break
+        if eq and key in ("strength", "cfg") and key not in knobs:
+            try:
+                knobs[key] = float(value)
+            except ValueError:
+                raise CliError(f"--stylevar {name}: {key} wants a number, got {value!r}") from None
+        elif not eq and tail in STYLEVAR_SPEC_VARIANTS and variant is None:
+            variant = tail
+        else:
+            break
+        folder = head
+    strength = knobs.get("strength", 0.0)
+    if not -1 <= strength <= 1:
+        raise CliError(f"--stylevar {name}: strength must be in [-1, 1], got {strength}")
+    cfg = knobs.get("cfg")
+    if cfg is not None and cfg < 0:
+        raise CliError(f"--stylevar {name}: cfg must be >= 0, got {cfg}")
     path = model_folder(folder)
     if not path.is_dir():
         raise CliError(f"--stylevar {name}: no folder {folder}")
-    return name, path, variant or None
+    return StyleVARSpec(name, path, variant, strength, cfg)
 
 
 def _evaluate_transfer(args: argparse.Namespace) -> int:
@@ -742,9 +776,9 @@ def _evaluate_transfer(args: argparse.Namespace) -> int:
     if args.adain is not None and not Path(args.adain).is_dir():
         raise CliError(f"--adain: no folder {args.adain}")
     extra = ["adain"] if args.adain else []
-    default = ",".join([TRANSFER_EVAL_METHODS, *extra, *(name for name, _, _ in stylevars)])
+    default = ",".join([TRANSFER_EVAL_METHODS, *extra, *(spec.name for spec in stylevars)])
     wanted = protocols.parse_list(args.methods or default) or ()
-    known = {"copy-content", "ours", *extra, *(name for name, _, _ in stylevars)}
+    known = {"copy-content", "ours", *extra, *(spec.name for spec in stylevars)}
     if unknown := [m for m in wanted if m not in known]:
         raise CliError(
             f"unknown transfer method(s) {unknown}: copy-content, ours, adain (with --adain DIR), "
@@ -790,16 +824,25 @@ def _evaluate_transfer(args: argparse.Namespace) -> int:
             sampling = _sampling(args, 1.0)
             methods.append(training_free_method("ours", styler, sampling=sampling))
         else:
-            _, folder, variant = next(s for s in stylevars if s[0] == name)
-            double = variant == "double-append"
+            spec = next(s for s in stylevars if s.name == name)
+            double = spec.variant == "double-append"
             pipe = TransferPipeline.load(
-                folder, variant=None if double else variant, device=args.device, double_append=double
+                spec.folder,
+                variant=None if double else spec.variant,
+                device=args.device,
+                double_append=double,
             )
             # the authors' top-k 900 is of a 4096-entry codebook; a smaller one keeps every entry
             assert isinstance(pipe.pipe.vae, VQVAE)  # a StyleVAR folder comes with a VQ-VAE
             vocab = pipe.pipe.vae.cfg.vocab_size
             sampling = replace(TRANSFER_SAMPLING, top_k=min(TRANSFER_SAMPLING.top_k, vocab))
-            methods.append(pipeline_method(name, pipe, model_name=pipe.pipe.model_name, sampling=sampling))
+            if spec.cfg is not None:
+                sampling = replace(sampling, cfg=spec.cfg)
+            methods.append(
+                pipeline_method(
+                    name, pipe, model_name=pipe.pipe.model_name, strength=spec.strength, sampling=sampling
+                )
+            )
     progress, close = _counter("evaluate", show)
     result = run_transfer_evaluation(
         cases,
@@ -1239,10 +1282,11 @@ def _evaluate_parser(sub: Subparsers) -> None:
         "--stylevar",
         action="append",
         default=None,
-        metavar="NAME=DIR[:VARIANT]",
-        help="transfer: a StyleVAR model folder evaluated as method NAME (repeat for several; stylevar-demo: "
-        "the shipped demo); VARIANT sft or grpo (a released folder's checkpoint) or double-append (sampled "
-        "with the authors' KV cache)",
+        metavar="NAME=DIR[:VARIANT][:strength=F][:cfg=F]",
+        help="transfer: a StyleVAR model folder evaluated as method NAME (repeat for several, e.g. one per "
+        "strength; stylevar-demo: the shipped demo); VARIANT sft or grpo (a released folder's checkpoint) "
+        "or double-append (sampled with the authors' KV cache); strength and cfg as `transfer`'s --strength "
+        "and --cfg (default 0 and the transfer sampling's cfg)",
     )
     p.add_argument(
         "--adain",
