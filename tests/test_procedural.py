@@ -310,3 +310,32 @@ def test_bad_inputs() -> None:
         ProceduralDataset("eval", 10, seed_offset=len(EVAL_SEEDS))
     with pytest.raises(TypeError):
         render("star", "neon", 1.5)
+
+
+def test_remixed_looks_take_training_parts_only() -> None:
+    looks = [P.remix(i) for i in range(300)]
+    assert P.remix(7) == looks[7]  # the same index, the same look
+    parts = {p for r in looks for p in (r.background, r.fill, r.stroke, r.filters)}
+    assert parts == set(P.REMIX_SOURCES)  # 300 looks reach every training look's parts, and only those
+    assert not parts & (set(HELD_OUT_STYLES) | {NEUTRAL_STYLE})
+    assert len({(r.background, r.fill, r.stroke, r.filters) for r in looks}) > 290  # 20**4 part choices
+    assert all(0 <= r.hue < 1 for r in looks) and len({round(r.hue, 3) for r in looks}) > 250
+    with pytest.raises(ValueError, match="index must be >= 0"):
+        P.remix(-1)
+
+
+def test_remix_renders_and_triplets() -> None:
+    look = P.remix(3)
+    a, b = P.render_remix("star", look, 11), P.render_remix("star", look, 11)
+    assert a.image.tobytes() == b.image.tobytes() and a.style == "remix-3" and a.caption == ""
+    assert np.array_equal(a.mask, P.render("star", "neon", 11).mask)  # the pose is the content's and seed's
+    turned = P.Remix(3, look.background, look.fill, look.stroke, look.filters, (look.hue + 0.5) % 1)
+    assert P.render_remix("star", turned, 11).image.tobytes() != a.image.tobytes()
+    nc = len(CONTENTS)
+    t = P.remix_triplet(nc + 2)
+    assert t.target.content == t.content.content == CONTENTS[2] and t.content.style == NEUTRAL_STYLE
+    assert t.target.style == t.style.style == "remix-1" and t.style.content != t.target.content
+    assert t.content.seed == t.target.seed and t.target.seed in TRAIN_SEEDS and t.style.seed in TRAIN_SEEDS
+    assert np.array_equal(t.content.mask, t.target.mask)
+    with pytest.raises(ValueError, match="index must be in"):
+        P.remix_triplet(len(TRAIN_SEEDS))

@@ -21,6 +21,7 @@ from scalestyle.data.triplets import (
     WorldTriplets,
     detect_layout,
     triplet_folders,
+    world_triplets,
 )
 from scalestyle.models.var import VAR
 from scalestyle.models.vqvae import VQVAE
@@ -178,6 +179,18 @@ def test_world_triplets_are_the_train_split_without_held_out_styles() -> None:
         WorldTriplets(32, length=10, offset=len(world.TRAIN_SEEDS))
 
 
+def test_world_triplets_join_remixes_by_share() -> None:
+    assert isinstance(world_triplets(32, 0.0, length=40), WorldTriplets)
+    data = world_triplets(32, 0.2, length=40)
+    assert len(data) == 50 and "world-remix:train[0:10]" in data.description
+    assert isinstance(data, ConcatTriplets)
+    t = world.remix_triplet(3, 32)
+    expected = [square_tensor(s.image, 32) for s in (t.target, t.content, t.style)]
+    assert all(torch.equal(x, y) for x, y in zip(data[43], expected, strict=True))
+    with pytest.raises(ValueError, match=r"remix must be in \[0, 1\), got 1"):
+        world_triplets(32, 1.0)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Trainer
 
@@ -209,6 +222,21 @@ def test_scale_weighting_token_is_the_authors_mean_and_scale_reweighs() -> None:
         scale = sft_loss(model, vqvae, t, c, s, weights_L=scale_loss_weights(model.schedule, "scale"))
     torch.testing.assert_close(token, authors)  # the same mean, up to the order of the sum
     assert abs(float(scale - authors)) > 1e-4
+
+
+def test_sft_loss_under_bf16_autocast_tokenizes_in_float32() -> None:
+    # `--mixed-precision bf16` autocasts the whole objective; the frozen VQ-VAE's in-place addmm refused
+    # the bf16 features, and bf16 tokens would differ from the float32 run's targets
+    start = sft_start("stylevar-tiny")
+    model, vqvae = start.build(0)
+    size = get_stylevar_preset("stylevar-tiny").image_size
+    g = torch.Generator().manual_seed(0)
+    t, c, s = (torch.rand(2, 3, size, size, generator=g) * 2 - 1 for _ in range(3))
+    with torch.no_grad():
+        full = sft_loss(model, vqvae, t, c, s)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = sft_loss(model, vqvae, t, c, s)
+    assert torch.isfinite(mixed) and abs(float(mixed - full)) < 0.05 * float(full)
 
 
 def test_lin0_warms_up_holds_then_decays_to_one_percent() -> None:
@@ -404,6 +432,8 @@ def test_cli_train_stylevar_sft_errors_are_one_line(
         ),
         ([*base, "--world", "--init", str(tmp_path)], "neither a StyleVAR preset"),
         ([*base, "--world", "--quick", "--lr", "2"], "lr must be in (0, 1), got 2.0"),
+        ([*base, "--data", str(tmp_path), "--world-remix", "0.5"], "--world-remix is a share of --world"),
+        ([*base, "--world", "--quick", "--world-remix", "1"], "--world-remix must be in [0, 1), got 1.0"),
     ]
     for argv, message in cases:
         assert main(argv) == 2

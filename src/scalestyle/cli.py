@@ -484,9 +484,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_train_stylevar_sft(args: argparse.Namespace) -> int:
-    from scalestyle.data.triplets import TripletData, WorldTriplets, triplet_folders
+    from scalestyle.data.triplets import TripletData, triplet_folders, world_triplets
     from scalestyle.train.stylevar import StyleVARTrainConfig, sft_start, train_stylevar_sft
 
+    if args.world_remix and not args.world:
+        raise CliError("--world-remix is a share of --world's triplets")
+    if not 0 <= args.world_remix < 1:
+        raise CliError(f"--world-remix must be in [0, 1), got {args.world_remix}")
     if args.init is None and not args.quick:
         raise CliError("give --init: a StyleVAR preset, a StyleVAR folder to continue or a VAR folder")
     init = args.init or "stylevar-tiny"
@@ -503,7 +507,9 @@ def cmd_train_stylevar_sft(args: argparse.Namespace) -> int:
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     # the data is read (and checked) before any weights load
     size = sft_start(init).preset.image_size
-    data: TripletData = WorldTriplets(size) if args.world else triplet_folders(args.data, size)
+    data: TripletData = (
+        world_triplets(size, args.world_remix) if args.world else triplet_folders(args.data, size)
+    )
     out = train_stylevar_sft(args.out, args.work_dir, cfg, data, init=init, progress=not args.quiet)
     if not args.quiet:
         sys.stderr.write(f"wrote the StyleVAR folder {out} ({len(data)} triplets, {cfg.steps} steps)\n")
@@ -1095,6 +1101,14 @@ def _train_stylevar_sft_parser(train_sub: Subparsers) -> None:
         help="an OmniStyle-150K or ImagePulse folder (repeat to join several)",
     )
     source.add_argument("--world", action="store_true", help="the procedural world's train-split triplets")
+    p.add_argument(
+        "--world-remix",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="with --world: the share in [0, 1) of triplets in remixed looks (unnamed styles assembled from "
+        "the training looks' parts), so that the style encoder learns parts rather than 21 names",
+    )
     p.add_argument(
         "--init",
         default=None,

@@ -20,7 +20,8 @@ A ``train_files.txt`` in the root restricts it to the listed targets (OmniStyle)
 triplet or a record naming a missing file in silence, here it is a ``ValueError`` naming the file.
 
 :class:`WorldTriplets` gives the procedural world's triplets (:func:`scalestyle.data.procedural.triplet`)
-of the train split, whose styles exclude :data:`~scalestyle.data.procedural.HELD_OUT_STYLES`.
+of the train split, whose styles exclude :data:`~scalestyle.data.procedural.HELD_OUT_STYLES`, or those of
+remixed looks; :func:`world_triplets` joins the two.
 
 Every dataset has a fixed order (sorted paths, the world's index order) and items
 ``(target_3PP, content_3PP, style_3PP)``, float32 in [-1, 1] at ``size`` x ``size`` pixels.
@@ -271,12 +272,14 @@ class TripletFolder(torch.utils.data.Dataset[TripletTensors]):
 
 class WorldTriplets(torch.utils.data.Dataset[TripletTensors]):
     """Triplets ``offset .. offset + length - 1`` of the procedural world's train split, rendered at
-    ``size`` on access: the held-out styles never appear (as target or style image)."""
+    ``size`` on access: the held-out styles never appear (as target or style image). ``remix``: the
+    triplets of remixed looks instead (:func:`scalestyle.data.procedural.remix_triplet`: unnamed styles
+    assembled from the training looks' parts)."""
 
-    def __init__(self, size: int, length: int = 100_000, offset: int = 0) -> None:
+    def __init__(self, size: int, length: int = 100_000, offset: int = 0, *, remix: bool = False) -> None:
         if not world.MIN_SIZE <= size <= world.MAX_SIZE:
             raise ValueError(f"size must be in [{world.MIN_SIZE}, {world.MAX_SIZE}], got {size}")
-        self.size = size
+        self.size, self.remix = size, remix
         self.length, self.offset = operator.index(length), operator.index(offset)
         limit = len(world.TRAIN_SEEDS) // 2
         if self.length < 1 or self.offset < 0 or self.offset + self.length > limit:
@@ -284,7 +287,8 @@ class WorldTriplets(torch.utils.data.Dataset[TripletTensors]):
                 f"length ({self.length}) must be >= 1 and offset ({self.offset}) >= 0 with offset + length "
                 f"at most {limit}"
             )
-        self.description = f"world:train[{self.offset}:{self.offset + self.length}] at {size} px"
+        kind = "world-remix" if remix else "world"
+        self.description = f"{kind}:train[{self.offset}:{self.offset + self.length}] at {size} px"
 
     def __len__(self) -> int:
         return self.length
@@ -293,12 +297,24 @@ class WorldTriplets(torch.utils.data.Dataset[TripletTensors]):
         """The rendered samples of item ``index`` (with their content and style names)."""
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} triplets")
+        if self.remix:
+            return world.remix_triplet(self.offset + index, self.size)
         return world.triplet(self.offset + index, "train", self.size)
 
     def __getitem__(self, index: int) -> TripletTensors:
         t = self.triplet(index)
         target, content, style = (square_tensor(s.image, self.size) for s in (t.target, t.content, t.style))
         return target, content, style
+
+
+def world_triplets(size: int, remix: float = 0.0, length: int = 100_000) -> TripletData:
+    """The world's ``length`` train-split triplets, joined by remixed-look triplets that make a fraction
+    ``remix`` of the whole (uniform draws then read a remix with that probability)."""
+    if not 0 <= remix < 1:
+        raise ValueError(f"remix must be in [0, 1), got {remix}")
+    named = WorldTriplets(size, length)
+    n_remix = round(length * remix / (1 - remix))
+    return ConcatTriplets([named, WorldTriplets(size, n_remix, remix=True)]) if n_remix else named
 
 
 class ConcatTriplets(torch.utils.data.Dataset[TripletTensors]):

@@ -98,10 +98,12 @@ def sft_loss(
     transformer get them. ``strength`` shifts every alpha by half its value (the trainer's alpha
     jitter)."""
     schedule = model.schedule
-    with torch.no_grad():
-        indices = vqvae.encode_indices(target_B3PP, schedule)
+    # the frozen tokenizer runs in float32 under mixed precision too: bf16 features would move tokens
+    # across nearest-entry ties (and the quantizer's in-place addmm refuses mixed dtypes)
+    with torch.no_grad(), torch.autocast(target_B3PP.device.type, enabled=False):
+        indices = vqvae.encode_indices(target_B3PP.float(), schedule)
         inputs_BLD = vqvae.teacher_inputs(indices, schedule)
-        raw = TransferInputs.encode(vqvae, content_B3PP, style_B3PP, schedule, strength)
+        raw = TransferInputs.encode(vqvae, content_B3PP.float(), style_B3PP.float(), schedule, strength)
     target_BL = torch.cat([rearrange(i, "b h w -> b (h w)") for i in indices], dim=1)
     logits_BLV = model(inputs_BLD, model.condition([raw]), schedule)
     ce_BL = token_ce_BL(logits_BLV, target_BL, label_smoothing)
