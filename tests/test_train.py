@@ -227,3 +227,26 @@ def test_amp_none_decides_by_machine_once_and_an_explicit_setting_wins() -> None
     assert use_amp(None, cpu) is bf16_pays("cpu") is use_amp(None, cpu)  # timed once per process
     assert bf16_pays.cache_info().hits >= 1
     assert TransformerTrainConfig().amp is None and VAETrainConfig().amp is None
+
+
+@pytest.mark.parametrize(
+    ("cls_path", "field", "value", "message"),
+    [
+        ("stylear.StyleARTrainConfig", "steps", 0, "steps must be >= 1, got 0"),
+        ("stylear.StyleARTrainConfig", "lr", 1.0, "lr must be in (0, 1), got 1.0"),
+        ("stylear.StyleARTrainConfig", "cond_drop", float("nan"), "cond_drop must be in [0, 1), got nan"),
+        ("subject.SubjectTrainConfig", "batch_size", 5000, "batch_size must be in [1, 4096], got 5000"),
+        ("subject.SubjectTrainConfig", "grad_clip", 0.0, "grad_clip must be > 0, got 0.0"),
+        ("subject.SubjectTrainConfig", "prior_weight", -1.0, "prior_weight must be in [0, 100], got -1.0"),
+    ],
+)
+def test_stylear_and_subject_configs_name_the_bad_value(
+    cls_path: str, field: str, value: float, message: str
+) -> None:
+    import importlib
+
+    module, name = cls_path.split(".")
+    cls = getattr(importlib.import_module(f"scalestyle.train.{module}"), name)
+    with pytest.raises(ValueError) as err:
+        cls(**{field: value})
+    assert str(err.value) == message

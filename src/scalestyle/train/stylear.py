@@ -42,7 +42,13 @@ from scalestyle.models.stylear import (
 from scalestyle.models.text_encoder import PackedText
 from scalestyle.pipeline import Pipeline
 from scalestyle.schedules import Schedule
-from scalestyle.train.common import JsonlLog, load_checkpoint, save_checkpoint, step_generator
+from scalestyle.train.common import (
+    JsonlLog,
+    check_range,
+    load_checkpoint,
+    save_checkpoint,
+    step_generator,
+)
 from scalestyle.train.transformer import (
     SCALE_WEIGHTINGS,
     CachedText,
@@ -72,21 +78,14 @@ class StyleARTrainConfig:
     ckpt_every: int = 100
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
-        if not 0 < self.lr < 1:
-            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
-        if not 0 <= self.cond_drop < 1:
-            raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
+        check_range(self, ("steps", "batch_size", "log_every", "ckpt_every"), 1)
+        check_range(self, ("lr",), 0, 1, "()")
+        check_range(self, ("cond_drop",), 0, 1, "[)")
         if len(self.mix) != 2 or min(self.mix) < 0 or sum(self.mix) < 1:
             raise ValueError(f"mix (stylized, raw) must be two integers >= 0, not both 0, got {self.mix}")
         if self.scale_weighting not in SCALE_WEIGHTINGS:
             raise ValueError(
                 f"scale_weighting must be one of {SCALE_WEIGHTINGS}, got {self.scale_weighting!r}"
-            )
-        if self.log_every < 1 or self.ckpt_every < 1:
-            raise ValueError(
-                f"log_every and ckpt_every must be >= 1, got {self.log_every}, {self.ckpt_every}"
             )
 
 

@@ -46,7 +46,7 @@ from scalestyle.models.subject import (
 from scalestyle.models.text_encoder import PackedText, TextEncoder
 from scalestyle.pipeline import Pipeline
 from scalestyle.schedules import Schedule
-from scalestyle.train.common import JsonlLog, save_checkpoint, step_generator
+from scalestyle.train.common import JsonlLog, check_range, save_checkpoint, step_generator
 from scalestyle.train.transformer import (
     SCALE_WEIGHTINGS,
     CachedText,
@@ -91,27 +91,14 @@ class SubjectTrainConfig:
     ckpt_every: int = 100
 
     def __post_init__(self) -> None:
-        checks = (
-            ("steps", self.steps, 1, 10_000_000),
-            ("batch_size", self.batch_size, 1, 4096),
-            ("class_batch_size", self.class_batch_size, 0, 4096),
-            ("warmup", self.warmup, 0, 10_000_000),
-            ("log_every", self.log_every, 1, 10_000_000),
-            ("ckpt_every", self.ckpt_every, 1, 10_000_000),
-        )
-        for name, value, low, high in checks:
-            if not low <= value <= high:
-                raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
-        if not 0 < self.lr < 1:
-            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
-        if not 0 <= self.weight_decay < 1:
-            raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
-        if not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
-        if not 0 <= self.prior_weight <= 100:
-            raise ValueError(f"prior_weight must be in [0, 100], got {self.prior_weight}")
-        if not 0 <= self.cond_drop < 1:
-            raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
+        check_range(self, ("steps", "log_every", "ckpt_every"), 1, 10_000_000)
+        check_range(self, ("warmup",), 0, 10_000_000)
+        check_range(self, ("batch_size",), 1, 4096)
+        check_range(self, ("class_batch_size",), 0, 4096)
+        check_range(self, ("lr",), 0, 1, "()")
+        check_range(self, ("weight_decay", "cond_drop"), 0, 1, "[)")
+        check_range(self, ("grad_clip",), 0, ends="()")
+        check_range(self, ("prior_weight",), 0, 100)
         if self.prefix_scales is not None and not 1 <= self.prefix_scales <= 64:
             raise ValueError(
                 f"prefix_scales must be in [1, 64] or None (every scale), got {self.prefix_scales}"
