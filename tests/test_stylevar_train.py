@@ -371,6 +371,19 @@ def test_init_from_a_var_folder_copies_its_weights_and_vqvae(tmp_path: Path) -> 
     assert all(torch.equal(a, b) for a, b in pairs)
 
 
+def test_init_names_a_shipped_folder_before_a_preset() -> None:
+    # `--init stylevar-demo` continues the shipped demo as `transfer --model stylevar-demo` samples it; it
+    # silently started from random weights while the preset's name came first
+    shipped = sft_start("stylevar-demo")
+    assert shipped.origin["kind"] == "stylevar" and shipped.history
+    random_demo = sft_start("random:stylevar-demo")
+    assert random_demo.origin == {"kind": "preset", "init": "stylevar-demo"} and not random_demo.history
+    assert random_demo.preset == shipped.preset
+    assert sft_start("stylevar-tiny").origin["kind"] == "preset"  # no folder of that name: the preset
+    with pytest.raises(ValueError, match="'nope' is not a StyleVAR preset"):
+        sft_start("random:nope")
+
+
 def test_init_and_size_refusals(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="no StyleVAR preset fits the VAR preset 'var-d36'"):
         stylevar_preset_for_var(get_preset("var-d36", VARPreset))

@@ -1112,8 +1112,9 @@ def _train_stylevar_sft_parser(train_sub: Subparsers) -> None:
     p.add_argument(
         "--init",
         default=None,
-        help="a StyleVAR preset (random weights), a StyleVAR folder to continue, or a VAR folder to start "
-        "from; default with --quick: stylevar-tiny",
+        help="a StyleVAR folder to continue (a path, stylevar-demo: the shipped demo, or a downloaded "
+        "model's name), a VAR folder to start from, or a StyleVAR preset (random weights; random:NAME where "
+        "a folder has the preset's name); default with --quick: stylevar-tiny",
     )
     p.add_argument("--out", required=True, help="StyleVAR folder to write")
     p.add_argument("--work-dir", default="runs/stylevar-sft", help="checkpoint and log (resumable)")

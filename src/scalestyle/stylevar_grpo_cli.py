@@ -33,7 +33,8 @@ def add_train_parser(
     p.add_argument(
         "--init",
         default=None,
-        help="a StyleVAR folder (its SFT checkpoint where it has one) or a preset (random weights); "
+        help="a StyleVAR folder (its SFT checkpoint where it has one; stylevar-demo: the shipped demo) or a "
+        "preset (random weights; random:NAME where a folder has the preset's name); "
         "default with --quick: stylevar-tiny",
     )
     p.add_argument(

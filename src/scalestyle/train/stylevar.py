@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from scalestyle.config import STYLEVAR_PRESETS, StyleVARPreset, get_stylevar_preset
 from scalestyle.data.triplets import TripletData, TripletTensors
+from scalestyle.locate import model_folder
 from scalestyle.models.stylevar import StyleVAR, TransferInputs
 from scalestyle.models.vqvae import VQVAE
 from scalestyle.schedules import Schedule
@@ -125,6 +126,7 @@ LIN0_END = 0.01
 NO_DECAY_KEYS = ("pos_start", "pos_1LC", "lvl_embed", "scale_mul")
 MIXED_PRECISIONS = ("no", "bf16")
 CHECKPOINT = "stylevar_sft.ckpt"
+RANDOM_INIT = "random:"
 LOG = "stylevar_sft_log.jsonl"
 
 
@@ -268,12 +270,31 @@ class SFTStart:
     history: tuple[dict[str, Any], ...]
 
 
+def init_source(init: str | Path) -> StyleVARPreset | Path:
+    """What ``--init`` names: a folder (a path, or the name of the shipped demo or of a downloaded model) or
+    a StyleVAR preset whose random weights to start from. A name that is both a model folder and a preset
+    (``stylevar-demo``) is the folder, as everywhere else a model is named; ``random:NAME`` is the
+    preset's random weights."""
+    text = str(init)
+    folder = model_folder(Path(text).expanduser())
+    if text.startswith(RANDOM_INIT) or (text in STYLEVAR_PRESETS and not folder.is_dir()):
+        name = text.removeprefix(RANDOM_INIT)
+        if name not in STYLEVAR_PRESETS:
+            raise ValueError(
+                f"--init {text}: {name!r} is not a StyleVAR preset ({', '.join(STYLEVAR_PRESETS)})"
+            )
+        return get_stylevar_preset(name)
+    return folder
+
+
 def sft_start(init: str) -> SFTStart:
-    """Resolve ``init`` without loading weights: a StyleVAR preset name (random weights, random frozen
-    VQ-VAE: for tests and timing), a StyleVAR folder to continue from (native or released: its own variant,
-    else GRPO), or a plain VAR folder (its VQ-VAE, and its transformer through :func:`init_from_var`)."""
-    if init in STYLEVAR_PRESETS:
-        preset = get_stylevar_preset(init)
+    """Resolve ``init`` (:func:`init_source`) without loading weights: a StyleVAR folder to continue from
+    (native or released: its own variant, else GRPO), a plain VAR folder (its VQ-VAE, and its transformer
+    through :func:`init_from_var`), or a StyleVAR preset (random weights, random frozen VQ-VAE: for tests
+    and timing)."""
+    source = init_source(init)
+    if isinstance(source, StyleVARPreset):
+        preset = source
 
         def random(seed: int) -> tuple[StyleVAR, VQVAE]:
             model = StyleVAR(preset.transformer)
@@ -284,8 +305,8 @@ def sft_start(init: str) -> SFTStart:
                 vqvae = VQVAE(preset.vae)
             return model, vqvae
 
-        return SFTStart(preset, random, {"kind": "preset", "init": init}, ())
-    folder = Path(init).expanduser()
+        return SFTStart(preset, random, {"kind": "preset", "init": preset.name}, ())
+    folder = source
     if folder.is_dir() and is_stylevar_folder(folder):
         files = resolve_stylevar_files(folder)
         origin = {"kind": "stylevar", "init": str(folder.resolve()), "variant": files.variant}

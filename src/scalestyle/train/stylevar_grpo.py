@@ -50,14 +50,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from scalestyle.config import STYLEVAR_PRESETS, SamplingConfig, StyleVARPreset, get_stylevar_preset
+from scalestyle.config import SamplingConfig, StyleVARPreset
 from scalestyle.models.stylevar import StyleVAR, TransferInputs
 from scalestyle.models.vqvae import VQVAE, IndexCodec
 from scalestyle.sampling import PathPlan, ScaleEvent, run_scales
 from scalestyle.stylevar_weights import load_stylevar_models, resolve_stylevar_files, save_stylevar_dir
 from scalestyle.train.common import JsonlLog, check_range, load_checkpoint, save_checkpoint, step_generator
 from scalestyle.train.rewards import Reward
-from scalestyle.train.stylevar import panw_weights_L
+from scalestyle.train.stylevar import init_source, panw_weights_L
 from scalestyle.weights import CONFIG_FILE, LAYOUT_FILE
 
 # every block's blended-attention projections and FFN (utils/lora.py LORA_ATTN_ATTRS, LORA_FFN_ATTRS)
@@ -549,27 +549,29 @@ def step_batch(data: Triplets, step: int, batch_size: int, seed: int) -> Triplet
 
 
 def load_init(init: str | Path, *, seed: int = 0) -> tuple[StyleVAR, VQVAE, StyleVARPreset, tuple[Any, ...]]:
-    """(model, VQ-VAE, preset, training history) to start from: a StyleVAR preset name (random weights, as
-    :meth:`TransferPipeline.random`) or a StyleVAR model folder (its SFT checkpoint where it has one)."""
-    if str(init) in STYLEVAR_PRESETS and not Path(init).is_dir():
-        preset = get_stylevar_preset(str(init))
-        model = StyleVAR(preset.transformer)
+    """(model, VQ-VAE, preset, training history) to start from
+    (:func:`~scalestyle.train.stylevar.init_source`): a StyleVAR model folder (its SFT checkpoint where it
+    has one) or a preset (random weights, as :meth:`TransferPipeline.random`)."""
+    source = init_source(init)
+    if isinstance(source, StyleVARPreset):
+        model = StyleVAR(source.transformer)
         model.init_weights(torch.Generator().manual_seed(seed))
         with torch.random.fork_rng(devices=[]):
             # PyTorch's default conv init draws from the global RNG: seed it without leaking the change
             torch.manual_seed(seed)
-            vqvae = VQVAE(preset.vae)
-        return model.eval(), vqvae.eval(), preset, ()
-    files = resolve_stylevar_files(init, _init_variant(Path(init)))
+            vqvae = VQVAE(source.vae)
+        return model.eval(), vqvae.eval(), source, ()
+    files = resolve_stylevar_files(source, _init_variant(source))
     model, vqvae = load_stylevar_models(files)
     return model, vqvae, files.preset, files.history
 
 
 def init_preset(init: str | Path) -> StyleVARPreset:
     """The preset :func:`load_init` would start from, without loading weights."""
-    if str(init) in STYLEVAR_PRESETS and not Path(init).is_dir():
-        return get_stylevar_preset(str(init))
-    return resolve_stylevar_files(init, _init_variant(Path(init))).preset
+    source = init_source(init)
+    if isinstance(source, StyleVARPreset):
+        return source
+    return resolve_stylevar_files(source, _init_variant(source)).preset
 
 
 def _init_variant(folder: Path) -> str | None:
