@@ -250,3 +250,16 @@ def test_stylear_and_subject_configs_name_the_bad_value(
     with pytest.raises(ValueError) as err:
         cls(**{field: value})
     assert str(err.value) == message
+
+
+def test_shape_classifier_alone_equals_the_joint_content_classifier(tmp_path: Path) -> None:
+    from scalestyle.train.classifiers import ClassifierTrainConfig, train_classifiers, train_shape_classifier
+
+    cfg = ClassifierTrainConfig(steps=3, batch_size=4, log_every=1)
+    content, style = train_classifiers(cfg, tmp_path / "joint", progress=False)
+    alone = train_shape_classifier(cfg, tmp_path / "alone", progress=False)
+    pairs = zip(content.state_dict().values(), alone.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert style.labels == world.STYLES and alone.labels == world.CONTENTS
+    rows = (tmp_path / "alone" / "classifier_log.jsonl").read_text().splitlines()
+    assert len(rows) == 3 and "style_loss" not in rows[0] and "content_loss" in rows[0]

@@ -152,16 +152,16 @@ def train_shape_judge(
     vae: BSQVAE, schedule: Schedule, out_dir: Path, *, steps: int = 400, seed: int = 0
 ) -> WorldClassifier:
     """The shape judge (contents and subjects) in ``out_dir``: loaded when there, else trained (the
-    content judge's recipe, :func:`scalestyle.train.classifiers.train_classifiers`) and saved."""
+    content judge's recipe, :func:`scalestyle.train.classifiers.train_shape_classifier`) and saved."""
     from scalestyle.eval.classifier import WorldClassifier
-    from scalestyle.train.classifiers import ClassifierTrainConfig, train_classifiers
+    from scalestyle.train.classifiers import ClassifierTrainConfig, train_shape_classifier
 
     path = out_dir / SHAPE_JUDGE_FILE
     if path.is_file():
         return WorldClassifier.load(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = ClassifierTrainConfig(steps=steps, batch_size=32, recon_fraction=0.25, seed=seed)
-    judge, _ = train_classifiers(
+    judge = train_shape_classifier(
         cfg, out_dir, vae=vae, schedule=schedule, progress=False, shapes=world.CONTENTS + world.SUBJECTS
     )
     judge.save(path)

@@ -77,11 +77,42 @@ def train_classifiers(
     """Train both classifiers jointly on the same batches; returns (content, style). ``shapes`` are the
     content classifier's labels: the world's contents, or with :data:`~scalestyle.data.procedural.
     SUBJECTS` added the shape judge of proxy-tuning (:mod:`scalestyle.eval.subject`)."""
+    content, style = _train(cfg, out_dir, vae, schedule, progress, shapes, with_style=True)
+    assert style is not None
+    return content, style
+
+
+def train_shape_classifier(
+    cfg: ClassifierTrainConfig,
+    out_dir: Path,
+    *,
+    vae: BSQVAE | None = None,
+    schedule: Schedule | None = None,
+    progress: bool = True,
+    shapes: tuple[str, ...] = world.CONTENTS,
+) -> WorldClassifier:
+    """The content classifier of :func:`train_classifiers` alone (the same weights, bit for bit), without
+    the cost of the style classifier trained beside it."""
+    return _train(cfg, out_dir, vae, schedule, progress, shapes, with_style=False)[0]
+
+
+def _train(
+    cfg: ClassifierTrainConfig,
+    out_dir: Path,
+    vae: BSQVAE | None,
+    schedule: Schedule | None,
+    progress: bool,
+    shapes: tuple[str, ...],
+    *,
+    with_style: bool,
+) -> tuple[WorldClassifier, WorldClassifier | None]:
     g0 = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(2**31, (1,), generator=g0)))
-        content, style = WorldClassifier(shapes), WorldClassifier(world.STYLES)
-    params = [*content.parameters(), *style.parameters()]
+        # the content classifier is built first, so its initial weights do not depend on with_style
+        content = WorldClassifier(shapes)
+        style = WorldClassifier(world.STYLES) if with_style else None
+    params = [*content.parameters(), *(style.parameters() if style is not None else ())]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps)
     log = JsonlLog(out_dir / "classifier_log.jsonl")
@@ -95,14 +126,17 @@ def train_classifiers(
                 img[:n] = vae.decode(enc.summed_codes_BdHW)
         img = augment(img, g)
         loss_c = F.cross_entropy(content(img), c_idx)
-        loss_s = F.cross_entropy(style(img), s_idx)
+        loss_s = F.cross_entropy(style(img), s_idx) if style is not None else None
         optimizer.zero_grad(set_to_none=True)
-        (loss_c + loss_s).backward()
+        (loss_c if loss_s is None else loss_c + loss_s).backward()
         optimizer.step()
         sched.step()
         if (step + 1) % cfg.log_every == 0:
-            log.write(step=step + 1, content_loss=round(loss_c.item(), 4), style_loss=round(loss_s.item(), 4))
-    return content.eval(), style.eval()
+            row = {"content_loss": round(loss_c.item(), 4)}
+            if loss_s is not None:
+                row["style_loss"] = round(loss_s.item(), 4)
+            log.write(step=step + 1, **row)
+    return content.eval(), style.eval() if style is not None else None
 
 
 @torch.no_grad()
