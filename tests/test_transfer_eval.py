@@ -130,10 +130,13 @@ def test_cli_evaluate_transfer(tmp_path: Path, capsys: pytest.CaptureFixture[str
     with Image.open(tmp_path / "run" / ours["image"]) as img:
         assert img.mode == "RGB" and "settings" in img.info
     # a StyleVAR method's strength and style CFG reach its sampling and its recorded config
-    knob = "sv=stylevar-demo:strength=0.5:cfg=0"
+    knob = "sv=stylevar-demo:strength=-0.5:cfg=0:top_k=1:top_p=0.5"
     assert main([*base, "--out", str(tmp_path / "sv"), "--stylevar", knob, "--methods", "sv"]) == 0
     (sv,) = [json.loads(line) for line in (tmp_path / "sv" / ROWS_FILE).read_text().splitlines()]
-    assert sv["config"]["strength"] == 0.5 and sv["config"]["sampling"]["cfg"] == 0.0
+    assert sv["config"]["strength"] == -0.5 and sv["config"]["sampling"]["cfg"] == 0.0
+    assert sv["config"]["sampling"]["top_k"] == 1 and sv["config"]["sampling"]["top_p"] == 0.5
+    too_many = "sv=stylevar-demo:top_k=5000"
+    assert main([*base, "--out", str(tmp_path / "k"), "--stylevar", too_many, "--methods", "sv"]) == 2
     # the AdaIN baseline joins the same folder as one more method
     from scalestyle.adain_weights import save_adain_dir
     from tests.test_adain import tiny_adain
@@ -155,10 +158,15 @@ def test_stylevar_spec_options(tmp_path: Path) -> None:
     spec = _stylevar_spec(f"sv={folder}:double-append:strength=0.5:cfg=1.5")
     assert spec == StyleVARSpec("sv", folder, "double-append", 0.5, 1.5)
     assert _stylevar_spec(f"sv={folder}:cfg=0:grpo") == StyleVARSpec("sv", folder, "grpo", 0.0, 0.0)
+    spec = _stylevar_spec(f"sv={folder}:top_k=10:top_p=0.9:strength=-1")
+    assert spec == StyleVARSpec("sv", folder, None, -1.0, None, 10, 0.9)
     for bad, match in [
         (f"sv={folder}:strength=2", r"strength must be in \[-1, 1\], got 2"),
         (f"sv={folder}:cfg=-1", "cfg must be >= 0"),
         (f"sv={folder}:strength=x", "strength wants a number"),
+        (f"sv={folder}:top_k=0", "top_k must be a whole number >= 1, got 0"),
+        (f"sv={folder}:top_k=2.5", "top_k must be a whole number >= 1, got 2.5"),
+        (f"sv={folder}:top_p=0", r"top_p must be in \(0, 1\], got 0"),
         (f"sv={folder}:sft:grpo", "no folder"),
     ]:
         with pytest.raises(CliError, match=match):

@@ -293,11 +293,20 @@ def test_recipe_runs_every_stage_and_writes_loadable_folders(tmp_path: Path) -> 
     var_folder, stylevar_folder = train_demo_stylevar(
         tmp_path, DemoStyleVARTrainConfig.quick(), progress=False
     )
-    for name in ("vqvae.ckpt", "var.ckpt", "stylevar_sft.ckpt", "sft2/stylevar_sft.ckpt"):
+    for name in (
+        "vqvae.ckpt",
+        "var.ckpt",
+        "stylevar_sft.ckpt",
+        "sft2/stylevar_sft.ckpt",
+        "remix/stylevar_sft.ckpt",
+    ):
         assert (tmp_path / name).is_file(), name
-    assert stylevar_folder == tmp_path / "stylevar_final"
+    assert stylevar_folder == tmp_path / "stylevar_remix"
     history = json.loads((stylevar_folder / "config.json").read_text())["extra"]["training"]
     assert "trunks" in [h.get("stage") for h in history]  # the trunks' pretraining is on record
+    # the remix stage continues stage 5 with its own seed, on named and remixed triplets
+    assert history[-1]["origin"]["init"] == str(tmp_path / "stylevar_final")
+    assert history[-1]["config"]["seed"] == 1 and "remix" in history[-1]["data"]
     pipe = Pipeline.load(var_folder, device="cpu")
     assert pipe.preset.name == "var-demo"
     assert (var_folder / "var.safetensors").stat().st_size < 16 * MiB

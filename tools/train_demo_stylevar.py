@@ -6,8 +6,9 @@
 
 The first runs the stages of `scalestyle.train.demo_stylevar`: the VQ-VAE, the class-conditional VAR
 (then the VAR model folder ``<work>/var_model``), StyleVAR's SFT from it on the world's triplets (then
-``<work>/stylevar_model``), the ResNet trunks' pretraining (``<work>/trunks_model``) and a second SFT
-weighing every scale alike (the final StyleVAR folder ``<work>/stylevar_final``); GRPO is to follow.
+``<work>/stylevar_model``), the ResNet trunks' pretraining (``<work>/trunks_model``), a second SFT
+weighing every scale alike (``<work>/stylevar_final``) and a last SFT with remixed looks among the
+triplets (the shipped folder ``<work>/stylevar_remix``).
 Every stage keeps its checkpoint in the work folder (keep it outside git): the same command run again
 after a kill continues from the last checkpoint and skips finished stages. On a shared CPU start it as
 ``nohup nice -n 19 env OMP_NUM_THREADS=1 python ...``.
@@ -30,6 +31,7 @@ STAGES = (
     ("var", "var_log.jsonl"),
     ("stylevar-sft", "stylevar_sft_log.jsonl"),
     ("stylevar-sft2", "sft2/stylevar_sft_log.jsonl"),
+    ("stylevar-remix", "remix/stylevar_sft_log.jsonl"),
 )
 
 
@@ -56,7 +58,7 @@ def status(work_dir: Path) -> str:
         lines.append(f"{stage}: step {last['step']}{rate}; last {shown}")
     done = (work_dir / "var_model" / "scalestyle_model.json").is_file()
     lines.append(f"var model folder: {'written' if done else 'not yet'}")
-    for folder in ("stylevar_model", "trunks_model", "stylevar_final"):
+    for folder in ("stylevar_model", "trunks_model", "stylevar_final", "stylevar_remix"):
         done = (work_dir / folder / "config.json").is_file()
         lines.append(f"{folder}: {'written' if done else 'not yet'}")
     return "\n".join(lines)

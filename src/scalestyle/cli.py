@@ -503,6 +503,7 @@ def cmd_train_stylevar_sft(args: argparse.Namespace) -> int:
         "mixed_precision": args.mixed_precision,
         "scale_weighting": args.scale_weighting,
         "num_workers": args.num_workers,
+        "seed": args.seed,
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     # the data is read (and checked) before any weights load
@@ -705,23 +706,26 @@ STYLEVAR_SPEC_VARIANTS = ("sft", "grpo", "double-append")
 
 @dataclass(frozen=True)
 class StyleVARSpec:
-    """One ``--stylevar`` method of ``evaluate --protocol transfer``; ``cfg`` None keeps the sampling
-    default (``transfer.TRANSFER_SAMPLING``)."""
+    """One ``--stylevar`` method of ``evaluate --protocol transfer``; ``cfg``, ``top_k`` and ``top_p`` None
+    keep the sampling defaults (``transfer.TRANSFER_SAMPLING``, top-k capped at the codebook)."""
 
     name: str
     folder: Path
     variant: str | None = None
     strength: float = 0.0
     cfg: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
 
 
 def _stylevar_spec(text: str) -> StyleVARSpec:
-    """``NAME=DIR[:VARIANT][:strength=F][:cfg=F]``: VARIANT is a released folder's sft/grpo checkpoint,
-    or double-append (the folder's own checkpoint sampled with the authors' KV cache); strength and cfg
-    are ``transfer``'s --strength and --cfg. ``stylevar-demo`` is the shipped demo StyleVAR."""
+    """``NAME=DIR[:VARIANT][:strength=F][:cfg=F][:top_k=N][:top_p=F]``: VARIANT is a released folder's
+    sft/grpo checkpoint, or double-append (the folder's own checkpoint sampled with the authors' KV cache);
+    the options are ``transfer``'s --strength, --cfg, --top-k and --top-p (top_k=1 is greedy).
+    ``stylevar-demo`` is the shipped demo StyleVAR."""
     from scalestyle.locate import model_folder
 
-    usage = "--stylevar wants NAME=DIR[:VARIANT][:strength=F][:cfg=F]"
+    usage = "--stylevar wants NAME=DIR[:VARIANT][:strength=F][:cfg=F][:top_k=N][:top_p=F]"
     name, sep, rest = text.partition("=")
     if not sep or not name or not rest:
         raise CliError(f"{usage}, got {text!r}")
@@ -732,7 +736,7 @@ def _stylevar_spec(text: str) -> StyleVARSpec:
         key, eq, value = tail.partition("=")
         if not colon or not head:
             break
-        if eq and key in ("strength", "cfg") and key not in knobs:
+        if eq and key in ("strength", "cfg", "top_k", "top_p") and key not in knobs:
             try:
                 knobs[key] = float(value)
             except ValueError:
@@ -748,10 +752,16 @@ def _stylevar_spec(text: str) -> StyleVARSpec:
     cfg = knobs.get("cfg")
     if cfg is not None and cfg < 0:
         raise CliError(f"--stylevar {name}: cfg must be >= 0, got {cfg}")
+    top_k = knobs.get("top_k")
+    if top_k is not None and (top_k != int(top_k) or top_k < 1):
+        raise CliError(f"--stylevar {name}: top_k must be a whole number >= 1, got {top_k:g}")
+    top_p = knobs.get("top_p")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise CliError(f"--stylevar {name}: top_p must be in (0, 1], got {top_p:g}")
     path = model_folder(folder)
     if not path.is_dir():
         raise CliError(f"--stylevar {name}: no folder {folder}")
-    return StyleVARSpec(name, path, variant, strength, cfg)
+    return StyleVARSpec(name, path, variant, strength, cfg, None if top_k is None else int(top_k), top_p)
 
 
 def _evaluate_transfer(args: argparse.Namespace) -> int:
@@ -842,8 +852,14 @@ def _evaluate_transfer(args: argparse.Namespace) -> int:
             assert isinstance(pipe.pipe.vae, VQVAE)  # a StyleVAR folder comes with a VQ-VAE
             vocab = pipe.pipe.vae.cfg.vocab_size
             sampling = replace(TRANSFER_SAMPLING, top_k=min(TRANSFER_SAMPLING.top_k, vocab))
-            if spec.cfg is not None:
-                sampling = replace(sampling, cfg=spec.cfg)
+            if spec.top_k is not None and spec.top_k > vocab:
+                raise CliError(f"--stylevar {name}: top_k {spec.top_k} exceeds the codebook's {vocab}")
+            sampling = replace(
+                sampling,
+                cfg=sampling.cfg if spec.cfg is None else spec.cfg,
+                top_k=sampling.top_k if spec.top_k is None else spec.top_k,
+                top_p=sampling.top_p if spec.top_p is None else spec.top_p,
+            )
             methods.append(
                 pipeline_method(
                     name, pipe, model_name=pipe.pipe.model_name, strength=spec.strength, sampling=sampling
@@ -1138,6 +1154,13 @@ def _train_stylevar_sft_parser(train_sub: Subparsers) -> None:
         default=None,
         help="data loader processes reading images; default: 0",
     )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="initialisation and triplet-draw seed; a continued run wants a new one, or it draws the "
+        "triplets of its first stage again (default: 0)",
+    )
     p.add_argument("--quick", action="store_true", help="two steps of two triplets (smoke test)")
     _quiet(p)
     p.set_defaults(func=cmd_train_stylevar_sft)
@@ -1297,11 +1320,12 @@ def _evaluate_parser(sub: Subparsers) -> None:
         "--stylevar",
         action="append",
         default=None,
-        metavar="NAME=DIR[:VARIANT][:strength=F][:cfg=F]",
+        metavar="NAME=DIR[:VARIANT][:strength=F][:cfg=F][:top_k=N][:top_p=F]",
         help="transfer: a StyleVAR model folder evaluated as method NAME (repeat for several, e.g. one per "
         "strength; stylevar-demo: the shipped demo); VARIANT sft or grpo (a released folder's checkpoint) "
-        "or double-append (sampled with the authors' KV cache); strength and cfg as `transfer`'s --strength "
-        "and --cfg (default 0 and the transfer sampling's cfg)",
+        "or double-append (sampled with the authors' KV cache); strength, cfg, top_k and top_p as "
+        "`transfer`'s --strength, --cfg, --top-k and --top-p (default 0 and the transfer sampling's; top_k "
+        "is capped at the codebook; top_k=1 is greedy)",
     )
     p.add_argument(
         "--adain",
