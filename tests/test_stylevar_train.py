@@ -407,12 +407,12 @@ def test_cli_train_stylevar_sft_world_quick_end_to_end(
     from scalestyle.cli import main
 
     out, work = tmp_path / "out", tmp_path / "work"
-    assert (
-        main(["train", "stylevar-sft", "--world", "--quick", "--out", str(out), "--work-dir", str(work)]) == 0
-    )
+    argv = ["train", "stylevar-sft", "--world", "--quick", "--out", str(out), "--work-dir", str(work)]
+    assert main([*argv, "--seed", "3"]) == 0
     assert "wrote the StyleVAR folder" in capsys.readouterr().err
     files = resolve_stylevar_files(out)
     assert files.preset == PRESET and files.history[-1]["config"]["steps"] == 2
+    assert files.history[-1]["config"]["seed"] == 3
     assert len((work / "stylevar_sft_log.jsonl").read_text().splitlines()) == 2
     content, style = (world.triplet(0, "eval", 64).content.image, world.triplet(1, "eval", 64).style.image)
     content.save(tmp_path / "c.png")
