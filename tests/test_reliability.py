@@ -95,6 +95,29 @@ def test_help_gives_every_flag_a_text_and_its_default() -> None:
             assert "(default: 0)" in text
 
 
+def test_help_loads_no_torch() -> None:
+    """Every parser's help in a fresh interpreter: torch (over a second to import) must stay unloaded, so
+    that ``scalestyle --help`` and each subcommand's answer at once."""
+    import subprocess
+    import sys
+
+    walk = (
+        "import argparse, sys\n"
+        "from scalestyle.cli import build_parser\n"
+        "def walk(p):\n"
+        "    for a in p._actions:\n"
+        "        if isinstance(a, argparse._SubParsersAction):\n"
+        "            for sub in a.choices.values():\n"
+        "                yield sub\n"
+        "                yield from walk(sub)\n"
+        "helps = [sub.format_help() for sub in walk(build_parser())]\n"
+        "print(len(helps), sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", walk], capture_output=True, text=True, check=True).stdout
+    count, loaded = out.split(" ", 1)
+    assert int(count) == len(_subparsers(build_parser())) and loaded.strip() == "[]"
+
+
 # -- batch runs ---------------------------------------------------------------------------------------------
 
 

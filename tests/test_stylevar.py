@@ -16,6 +16,7 @@ from PIL import Image
 
 from scalestyle.attention import AttnSite
 from scalestyle.config import SamplingConfig, StyleVARConfig, VARPreset, get_preset, get_stylevar_preset
+from scalestyle.hub_layouts import VQVAE_FILE
 from scalestyle.models.stylevar import StyleVAR, TransferInputs, effective_alphas
 from scalestyle.models.var import VAR
 from scalestyle.models.vqvae import VQVAE, IndexCodec
@@ -31,7 +32,7 @@ from scalestyle.stylevar_weights import (
 )
 from scalestyle.train.stylevar import panw_weights_L, sft_loss
 from scalestyle.transfer import TransferPipeline, image_sha256
-from scalestyle.weights import LAYOUT_FILE, VQVAE_FILE, WeightsError, download, read_state_dict
+from scalestyle.weights import LAYOUT_FILE, WeightsError, download, read_state_dict
 
 PRESET = get_stylevar_preset("stylevar-tiny")
 SAMPLING = SamplingConfig(cfg=0, top_k=30, top_p=0.96, seed=3)

@@ -12,6 +12,7 @@ import torch
 
 from scalestyle.data import procedural as world
 from scalestyle.eval.world import Judges
+from scalestyle.hub_layouts import VQVAE_FILE
 from scalestyle.models.stylevar import StyleVAR, TransferInputs
 from scalestyle.models.vqvae import VQVAE
 from scalestyle.stylevar_weights import load_stylevar_weights
@@ -37,7 +38,7 @@ from scalestyle.train.stylevar_grpo import (
     train_stylevar_grpo,
 )
 from scalestyle.transfer import TransferPipeline
-from scalestyle.weights import LAYOUT_FILE, VQVAE_FILE
+from scalestyle.weights import LAYOUT_FILE
 from tests.test_stylevar import PRESET, images, tiny_model, tiny_vqvae
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "scalestyle" / "assets" / "demo"

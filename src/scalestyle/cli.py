@@ -1386,7 +1386,7 @@ def _evaluate_parser(sub: Subparsers) -> None:
 
 
 def _download_parser(sub: Subparsers) -> None:
-    from scalestyle.weights import OFFICIAL_LAYOUTS, VAR_LAYOUTS
+    from scalestyle.hub_layouts import OFFICIAL_LAYOUTS, VAR_LAYOUTS
 
     p = sub.add_parser(
         "download", help="fetch official weights from the Hugging Face hub", formatter_class=_Formatter

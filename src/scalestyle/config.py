@@ -411,6 +411,11 @@ class SamplingConfig:
             raise ValueError(f"pn must be one of {sorted(PN_NUM_SCALES)}, got {self.pn!r}")
 
 
+# StyleVAR's inference sampling (the authors' scripts/run_eval.sh, eval/infer_grpo.py): no CFG, top-k 900,
+# top-p 0.96
+TRANSFER_SAMPLING = SamplingConfig(cfg=0.0, top_k=900, top_p=0.96, seed=0)
+
+
 _VAE_D32 = BSQVAEConfig(codebook_dim=32, patch_size=16, ch_mult=(1, 2, 4, 4, 4))
 _VAE_D56 = BSQVAEConfig(codebook_dim=14, patch_size=8, ch_mult=(1, 2, 4, 4), spatial_patchify=True)
 # upstream's text path exactly: 512-token padding, fp16 weights (tools/run_infinity.py::load_tokenizer)

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # The 13 grids (h, w) of each aspect ratio h/w at 1M; the transposed templates are derived below.
 _RATIO_TO_GRIDS_1M: dict[float, tuple[tuple[int, int], ...]] = {
@@ -224,6 +226,8 @@ def rope_positions(template: float) -> tuple[torch.Tensor, torch.Tensor]:
     rational half-to-even rounding for every template (float64 would differ twice), so we use exact
     fractions and are independent of float evaluation order.
     """
+    import torch  # here, so that the CLI's parsers and --help never load torch
+
     grids = TEMPLATES_1M[template]
     uph, upw = grids[-1]
     ys, xs = [], []

@@ -41,6 +41,7 @@ from scalestyle.config import (
     VQVAEConfig,
     get_stylevar_preset,
 )
+from scalestyle.hub_layouts import VQVAE_FILE
 from scalestyle.models.stylevar import StyleVAR
 from scalestyle.models.vqvae import VQVAE
 from scalestyle.weights import (
@@ -50,7 +51,6 @@ from scalestyle.weights import (
     LAYOUT_FILE,
     TRANSFORMER_STEM,
     VAE_STEM,
-    VQVAE_FILE,
     SizeHint,
     WeightsError,
     _brief,

@@ -21,16 +21,13 @@ import torch
 from PIL import Image
 
 from scalestyle.attention import AttentionController
-from scalestyle.config import SamplingConfig, get_stylevar_preset
+from scalestyle.config import TRANSFER_SAMPLING, SamplingConfig, get_stylevar_preset
 from scalestyle.images import load_image
 from scalestyle.models.stylevar import StyleVAR, TransferInputs
 from scalestyle.models.vqvae import VQVAE
 from scalestyle.pipeline import Pipeline, pick_device
 from scalestyle.sampling import PathPlan, ScaleEvent
 from scalestyle.stylevar_weights import load_stylevar_models, resolve_stylevar_files
-
-# the authors' inference sampling (scripts/run_eval.sh, eval/infer_grpo.py): no CFG, top-k 900, top-p 0.96
-TRANSFER_SAMPLING = SamplingConfig(cfg=0.0, top_k=900, top_p=0.96, seed=0)
 
 ImageInput = Image.Image | str | os.PathLike[str]
 

@@ -29,8 +29,7 @@ from scalestyle.cli import (
     _quiet,
     _run_batch_dir,
 )
-from scalestyle.config import SamplingConfig
-from scalestyle.transfer import TRANSFER_SAMPLING
+from scalestyle.config import TRANSFER_SAMPLING, SamplingConfig
 
 # (content, style, seed, on_scale) -> (image, its metadata)
 Transfer = Callable[
