@@ -116,6 +116,12 @@ def test_train_demo_end_to_end_and_a_snapshot_of_its_checkpoints(
     forced = json.loads(capsys.readouterr().out)
     assert forced["content_acc"] == result["content_acc"] and forced["style_acc"] == result["style_acc"]
     assert forced["given_scales"]["2"]["n"] == 16
+    # per content: one image each here, so each share is 0 or 1 and their mean is the plain accuracy
+    assert tool.main([str(snap), "--styles", "neon", "--given-scales", "2", "--per-content"]) == 0
+    shares = json.loads(capsys.readouterr().out)["per_content"]
+    assert set(shares) == {"plain", "given-2"} and len(shares["plain"]) == 16
+    assert set(shares["plain"].values()) <= {0.0, 1.0}
+    assert sum(shares["plain"].values()) / 16 == pytest.approx(result["content_acc"])
     with pytest.raises(SystemExit):
         tool.main([str(snap), "--styles", "neon", "--given-scales", "99"])
     with pytest.raises(SystemExit):

@@ -9,6 +9,8 @@ model-card measurement is `tools/eval_demo.py`; this is its plain row on a subse
 ``--given-scales K`` adds a row per K where the first K scales are not sampled but teacher-forced with the
 tokens of a true render of the case (an eval-split seed): it tells which scales a run has yet to learn
 (content that appears once the coarse scales are given is drawn right by the fine scales).
+``--per-content`` adds each content's accuracy (plain and per K), which shows whether the misses spread
+over the world or sit in a few shapes (docs/demo_v2.md §7).
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ from scalestyle.sampling import PathPlan
 DEFAULT_STYLES = "neon,blueprint,sepia,chalkboard,stained glass,watercolor,thermal"
 
 
+def per_content(rows: list[Row], method: str, content: str) -> float:
+    """The share of ``method``'s images of ``content`` that the content judge reads as ``content``."""
+    mine = [r.pred_content == content for r in rows if r.method == method and r.content == content]
+    return sum(mine) / len(mine)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -41,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--given-scales", default="", help="comma-separated K: rows with the first K scales teacher-forced"
     )
+    parser.add_argument("--per-content", action="store_true", help="each content's accuracy as well")
     args = parser.parse_args(argv)
     styles = args.styles.split(",")
     unknown = [s for s in styles if s not in world.TRAIN_STYLES]
@@ -80,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         **summary["plain"],
         **({"given_scales": {k: summary[f"given-{k}"] for k in given}} if given else {}),
     }
+    if args.per_content:
+        out["per_content"] = {
+            method: {c: round(per_content(rows, method, c), 3) for c in world.CONTENTS}
+            for method in ("plain", *(f"given-{k}" for k in given))
+        }
     print(json.dumps(out, indent=1))
     return 0
 
