@@ -282,7 +282,14 @@ def test_driver_status_reads_steps_usage_and_the_latest_runs_rate(tmp_path: Path
     text = tool.status(tmp_path)
     assert "vqvae: step 75, 2.0 s/step lately" in text and "'usage': 0.9" in text
     assert "var: not started" in text and "var model folder: not yet" in text
-    assert "stylevar-sft: not started" in text
+    assert "stylevar-sft: not started" in text and "stylevar-remix: not started" in text
+    # numbered remix stages are found by their logs, in their numeric order
+    for i in (2, 10):
+        (tmp_path / f"remix{i}").mkdir()
+        (tmp_path / f"remix{i}" / "stylevar_sft_log.jsonl").write_text(json.dumps(rows[-1]) + "\n")
+    text = tool.status(tmp_path)
+    assert text.index("stylevar-remix2: step 75") < text.index("stylevar-remix10: step 75")
+    assert "stylevar-remix: not started" not in text
 
 
 @pytest.mark.slow
@@ -298,10 +305,10 @@ def test_recipe_runs_every_stage_and_writes_loadable_folders(tmp_path: Path) -> 
         "var.ckpt",
         "stylevar_sft.ckpt",
         "sft2/stylevar_sft.ckpt",
-        "remix/stylevar_sft.ckpt",
+        "remix1/stylevar_sft.ckpt",
     ):
         assert (tmp_path / name).is_file(), name
-    assert stylevar_folder == tmp_path / "stylevar_remix"
+    assert stylevar_folder == tmp_path / "stylevar_remix1"
     history = json.loads((stylevar_folder / "config.json").read_text())["extra"]["training"]
     assert "trunks" in [h.get("stage") for h in history]  # the trunks' pretraining is on record
     # the remix stage continues stage 5 with its own seed, on named and remixed triplets

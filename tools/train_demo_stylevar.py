@@ -7,8 +7,8 @@
 The first runs the stages of `scalestyle.train.demo_stylevar`: the VQ-VAE, the class-conditional VAR
 (then the VAR model folder ``<work>/var_model``), StyleVAR's SFT from it on the world's triplets (then
 ``<work>/stylevar_model``), the ResNet trunks' pretraining (``<work>/trunks_model``), a second SFT
-weighing every scale alike (``<work>/stylevar_final``) and a last SFT with remixed looks among the
-triplets (the shipped folder ``<work>/stylevar_remix``).
+weighing every scale alike (``<work>/stylevar_final``) and SFT stages with remixed looks among the
+triplets (``<work>/stylevar_remix1``, ...; the last is the shipped folder).
 Every stage keeps its checkpoint in the work folder (keep it outside git): the same command run again
 after a kill continues from the last checkpoint and skips finished stages. On a shared CPU start it as
 ``nohup nice -n 19 env OMP_NUM_THREADS=1 python ...``.
@@ -31,13 +31,15 @@ STAGES = (
     ("var", "var_log.jsonl"),
     ("stylevar-sft", "stylevar_sft_log.jsonl"),
     ("stylevar-sft2", "sft2/stylevar_sft_log.jsonl"),
-    ("stylevar-remix", "remix/stylevar_sft_log.jsonl"),
 )
 
 
 def status(work_dir: Path) -> str:
     lines = []
-    for stage, name in STAGES:
+    # the recipe's remix stages are numbered (remix1/, remix2/, ...): the logs present say how far it got
+    remix = sorted(work_dir.glob("remix*/stylevar_sft_log.jsonl"), key=lambda p: int(p.parent.name[5:] or 0))
+    stages = [*STAGES, *((f"stylevar-{p.parent.name}", p.relative_to(work_dir).as_posix()) for p in remix)]
+    for stage, name in stages if remix else [*STAGES, ("stylevar-remix", "remix1/stylevar_sft_log.jsonl")]:
         path = work_dir / name
         rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
         if not rows:
@@ -58,7 +60,8 @@ def status(work_dir: Path) -> str:
         lines.append(f"{stage}: step {last['step']}{rate}; last {shown}")
     done = (work_dir / "var_model" / "scalestyle_model.json").is_file()
     lines.append(f"var model folder: {'written' if done else 'not yet'}")
-    for folder in ("stylevar_model", "trunks_model", "stylevar_final", "stylevar_remix"):
+    remixed = [p.parent.name for p in sorted(work_dir.glob("stylevar_remix*/config.json"))]
+    for folder in ("stylevar_model", "trunks_model", "stylevar_final", *remixed):
         done = (work_dir / folder / "config.json").is_file()
         lines.append(f"{folder}: {'written' if done else 'not yet'}")
     return "\n".join(lines)

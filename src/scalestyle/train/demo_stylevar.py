@@ -18,12 +18,13 @@ Stages, each resumable from its checkpoint in the work folder and skipped once f
    (teacher-forced loss 3.211 with the right style image, 3.209 with another's; docs/evaluation.md); they
    were added after it had run, which is why the trunks are pretrained after a first SFT rather than
    before it (the order not tried).
-6. ``stylevar-remix``: SFT again from ``stylevar_final`` on triplets of which ``remix_share`` are in
+6. ``stylevar-remix``: SFT stages from ``stylevar_final`` on triplets of which ``remix_share`` are in
    remixed looks (:func:`scalestyle.data.procedural.remix`: unnamed styles assembled from the training
-   looks' parts, every colour hue-turned), checkpoint and log in ``<work>/remix``, the shipped folder
-   ``<work>/stylevar_remix``. After stage 5 the model transferred its 21 training styles (style accuracy
+   looks' parts, every colour hue-turned), one per entry of ``remix``: stage i keeps its checkpoint and
+   log in ``<work>/remix<i>`` and writes ``<work>/stylevar_remix<i>``, which the next continues; the last
+   is the shipped folder. After stage 5 the model transferred its 21 training styles (style accuracy
    0.76) but not held-out ones (0.045): it had learned 21 names, not the parts a look is made of
-   (docs/evaluation.md). A new draw seed, so that it does not replay stage 5's triplets.
+   (docs/evaluation.md). Each stage draws with a seed of its own, so that none replays another's triplets.
 
 GRPO (``train stylevar-grpo``) is measured on top but not part of the recipe: on CPU it moved nothing.
 
@@ -67,8 +68,8 @@ STYLEVAR_MODEL_DIR = "stylevar_model"
 TRUNKS_MODEL_DIR = "trunks_model"
 SFT2_DIR = "sft2"
 FINAL_MODEL_DIR = "stylevar_final"
-REMIX_DIR = "remix"
-REMIX_MODEL_DIR = "stylevar_remix"
+REMIX_DIR = "remix"  # + the stage's number from 1
+REMIX_MODEL_DIR = "stylevar_remix"  # likewise
 # The VAR draws other images than the VQ-VAE: its stream starts this many steps further into the seeds.
 VAR_STREAM_OFFSET = 10_000_000
 
@@ -97,10 +98,18 @@ class DemoStyleVARTrainConfig:
             steps=1500, batch_size=8, ckpt_every=50, scale_weighting="scale"
         )
     )
-    # bf16 as run on the AVX512-BF16 sandbox (about 0.7 s a step); on an AVX2-only CPU give "no"
-    remix: StyleVARTrainConfig = field(
-        default_factory=lambda: StyleVARTrainConfig(
-            steps=5000, batch_size=8, ckpt_every=50, scale_weighting="scale", seed=1, mixed_precision="bf16"
+    # bf16 as run on the AVX512-BF16 sandbox (about 0.75 s a step); on an AVX2-only CPU give "no"
+    remix: tuple[StyleVARTrainConfig, ...] = field(
+        default_factory=lambda: tuple(
+            StyleVARTrainConfig(
+                steps=steps,
+                batch_size=8,
+                ckpt_every=50,
+                scale_weighting="scale",
+                seed=seed,
+                mixed_precision="bf16",
+            )
+            for steps, seed in ((5000, 1), (1500, 2))
         )
     )
     remix_share: float = 0.75
@@ -141,7 +150,7 @@ class DemoStyleVARTrainConfig:
             StyleVARTrainConfig(steps=2, batch_size=2, log_every=1, ckpt_every=1),
             TrunkPretrainConfig(steps=2, batch_size=2),
             StyleVARTrainConfig(steps=2, batch_size=2, log_every=1, ckpt_every=1, scale_weighting="scale"),
-            StyleVARTrainConfig(steps=2, batch_size=2, log_every=1, ckpt_every=1, seed=1),
+            (StyleVARTrainConfig(steps=2, batch_size=2, log_every=1, ckpt_every=1, seed=1),),
             triplets=4,
         )
 
@@ -229,7 +238,7 @@ def train_demo_stylevar(
     work_dir: Path, cfg: DemoStyleVARTrainConfig, *, progress: bool = True
 ) -> tuple[Path, Path]:
     """Run the stages into ``work_dir`` (checkpoints, logs, ``var_model/``, ``stylevar_model/``,
-    ``trunks_model/``, ``stylevar_final/``, ``stylevar_remix/``); returns the VAR and the last StyleVAR
+    ``trunks_model/``, ``stylevar_final/``, ``stylevar_remix1/``...); returns the VAR and the last StyleVAR
     model folders."""
     preset = cfg.var_model
     schedule = var_schedule(preset.transformer.patch_nums)
@@ -273,8 +282,9 @@ def train_demo_stylevar(
         progress=progress,
     )  # fmt: skip
     remixed = world_triplets(preset.image_size, cfg.remix_share, cfg.triplets)
-    last = train_stylevar_sft(
-        work_dir / REMIX_MODEL_DIR, work_dir / REMIX_DIR, cfg.remix, remixed, init=str(final),
-        progress=progress,
-    )  # fmt: skip
-    return var_folder, last
+    for i, stage in enumerate(cfg.remix, start=1):
+        final = train_stylevar_sft(
+            work_dir / f"{REMIX_MODEL_DIR}{i}", work_dir / f"{REMIX_DIR}{i}", stage, remixed, init=str(final),
+            progress=progress,
+        )  # fmt: skip
+    return var_folder, final
