@@ -354,7 +354,7 @@ def grpo_command(argv: list[str]) -> int:
 
 
 def test_cli_trains_on_the_world_and_writes_a_grpo_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, work = tmp_path / "out", tmp_path / "work"
     argv = ["stylevar-grpo", "--quick", "--world", "--reward", "target", "--out", str(out)]
@@ -364,6 +364,15 @@ def test_cli_trains_on_the_world_and_writes_a_grpo_folder(
     assert TransferPipeline.load(out, device="cpu").pipe.model_name == f"{PRESET.name}-grpo"
     with pytest.raises(ValueError, match="give --init"):
         grpo_command(["stylevar-grpo", "--world", "--out", str(out)])
+    # remixed looks: the target reward by default, the world's judges refused, --world required
+    remix = ["stylevar-grpo", "--quick", "--world", "--world-remix", "0.5", "--out", str(tmp_path / "r")]
+    capsys.readouterr()
+    assert grpo_command([*remix, "--work-dir", str(tmp_path / "rw"), "--device", "cpu"]) == 0
+    assert "(target reward, 2 steps)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="takes --reward target"):
+        grpo_command([*remix, "--reward", "world"])
+    with pytest.raises(ValueError, match="must be in"):
+        grpo_command(["stylevar-grpo", "--quick", "--world", "--world-remix", "1", "--out", str(out)])
     monkeypatch.setitem(sys.modules, "dreamsim", None)  # never a download, installed or not
     with pytest.raises(ValueError, match="`dreamsim` package"):
         grpo_command(["stylevar-grpo", "--quick", "--world", "--reward", "dreamsim", "--out", str(out)])

@@ -31,6 +31,14 @@ def add_train_parser(
     )
     source.add_argument("--world", action="store_true", help="the procedural world's train-split triplets")
     p.add_argument(
+        "--world-remix",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="with --world: the share in [0, 1) of triplets in remixed looks (as `train stylevar-sft`); "
+        "their styles have no name the world's judges know, so it takes --reward target",
+    )
+    p.add_argument(
         "--init",
         default=None,
         help="a StyleVAR folder (its SFT checkpoint where it has one; stylevar-demo: the shipped demo) or a "
@@ -42,7 +50,8 @@ def add_train_parser(
         choices=["dreamsim", "target", "world"],
         default=None,
         help="-5 DreamSim to the target (the authors'; needs the dreamsim package), SSIM minus pixel L2 to "
-        "the target, or the world's classifiers; default: world with --world, else dreamsim",
+        "the target, or the world's classifiers; default: world with --world (target with --world-remix), "
+        "else dreamsim",
     )
     p.add_argument("--out", required=True, help="StyleVAR folder to write (variant grpo, LoRA merged)")
     p.add_argument("--work-dir", default="runs/stylevar-grpo", help="checkpoint and log (resumable)")
@@ -63,11 +72,18 @@ def add_train_parser(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from scalestyle.data.triplets import TripletData, WorldTriplets, triplet_folders
+    from scalestyle.data.triplets import TripletData, triplet_folders, world_triplets
     from scalestyle.pipeline import bundled_demo_dir, pick_device
     from scalestyle.train.rewards import DreamSimReward, PerceptualTargetReward, Reward, WorldJudgeReward
     from scalestyle.train.stylevar_grpo import GRPOConfig, init_preset, train_stylevar_grpo
 
+    if args.world_remix and not args.world:
+        raise ValueError("--world-remix is a share of --world's triplets")
+    if not 0 <= args.world_remix < 1:
+        raise ValueError(f"--world-remix must be in [0, 1), got {args.world_remix}")
+    if args.world_remix and args.reward == "world":
+        # the judges would score a remixed look against whichever named style it happens to resemble
+        raise ValueError("--world-remix takes --reward target: a remixed look's style has no name to judge")
     if args.init is None and not args.quick:
         raise ValueError("give --init: a StyleVAR folder (GRPO starts from its SFT checkpoint) or a preset")
     init = args.init or "stylevar-tiny"
@@ -85,9 +101,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = replace(cfg, top_k=top_k, **{k: v for k, v in overrides.items() if v is not None})
     # the data is read (and checked) before any weights load
     size = preset.image_size
-    data: TripletData = WorldTriplets(size) if args.world else triplet_folders(args.data, size)
+    data: TripletData = (
+        world_triplets(size, args.world_remix) if args.world else triplet_folders(args.data, size)
+    )
     device = pick_device(args.device)
-    kind = args.reward or ("world" if args.world else "dreamsim")
+    kind = args.reward or ("target" if args.world_remix else "world" if args.world else "dreamsim")
     reward: Reward
     if kind == "dreamsim":
         try:
