@@ -707,7 +707,7 @@ STYLEVAR_SPEC_VARIANTS = ("sft", "grpo", "double-append")
 @dataclass(frozen=True)
 class StyleVARSpec:
     """One ``--stylevar`` method of ``evaluate --protocol transfer``; ``cfg``, ``top_k`` and ``top_p`` None
-    keep the sampling defaults (``transfer.TRANSFER_SAMPLING``, top-k capped at the codebook)."""
+    keep the sampling defaults (``config.TRANSFER_SAMPLING``, top-k capped at the codebook)."""
 
     name: str
     folder: Path
