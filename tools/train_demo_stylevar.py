@@ -34,12 +34,17 @@ STAGES = (
 )
 
 
+def stage_number(folder: Path) -> int:
+    """The number a remix stage's folder ends with (``remix10`` -> 10), so that 10 sorts after 2."""
+    return int(folder.name.lstrip("abcdefghijklmnopqrstuvwxyz_") or 0)
+
+
 def status(work_dir: Path) -> str:
     lines = []
     # the recipe's remix stages are numbered (remix1/, remix2/, ...): the logs present say how far it got
-    remix = sorted(work_dir.glob("remix*/stylevar_sft_log.jsonl"), key=lambda p: int(p.parent.name[5:] or 0))
-    stages = [*STAGES, *((f"stylevar-{p.parent.name}", p.relative_to(work_dir).as_posix()) for p in remix)]
-    for stage, name in stages if remix else [*STAGES, ("stylevar-remix", "remix1/stylevar_sft_log.jsonl")]:
+    logs = sorted(work_dir.glob("remix*/stylevar_sft_log.jsonl"), key=lambda p: stage_number(p.parent))
+    remix = [(f"stylevar-{p.parent.name}", p.relative_to(work_dir).as_posix()) for p in logs]
+    for stage, name in (*STAGES, *(remix or [("stylevar-remix", "remix1/stylevar_sft_log.jsonl")])):
         path = work_dir / name
         rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
         if not rows:
@@ -60,7 +65,8 @@ def status(work_dir: Path) -> str:
         lines.append(f"{stage}: step {last['step']}{rate}; last {shown}")
     done = (work_dir / "var_model" / "scalestyle_model.json").is_file()
     lines.append(f"var model folder: {'written' if done else 'not yet'}")
-    remixed = [p.parent.name for p in sorted(work_dir.glob("stylevar_remix*/config.json"))]
+    folders = sorted(work_dir.glob("stylevar_remix*/config.json"), key=lambda p: stage_number(p.parent))
+    remixed = [p.parent.name for p in folders]
     for folder in ("stylevar_model", "trunks_model", "stylevar_final", *remixed):
         done = (work_dir / folder / "config.json").is_file()
         lines.append(f"{folder}: {'written' if done else 'not yet'}")

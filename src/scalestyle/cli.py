@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from scalestyle.analysis.pairs import PromptPair
     from scalestyle.batch import J, StyleJob
+    from scalestyle.data.triplets import TripletData
     from scalestyle.method.style import StyleConfig, StylePipeline
     from scalestyle.pipeline import Pipeline
 
@@ -484,13 +485,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_train_stylevar_sft(args: argparse.Namespace) -> int:
-    from scalestyle.data.triplets import TripletData, triplet_folders, world_triplets
     from scalestyle.train.stylevar import StyleVARTrainConfig, sft_start, train_stylevar_sft
 
-    if args.world_remix and not args.world:
-        raise CliError("--world-remix is a share of --world's triplets")
-    if not 0 <= args.world_remix < 1:
-        raise CliError(f"--world-remix must be in [0, 1), got {args.world_remix}")
+    read_triplets = triplet_source(args)
     if args.init is None and not args.quick:
         raise CliError("give --init: a StyleVAR preset, a StyleVAR folder to continue or a VAR folder")
     init = args.init or "stylevar-tiny"
@@ -507,10 +504,7 @@ def cmd_train_stylevar_sft(args: argparse.Namespace) -> int:
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     # the data is read (and checked) before any weights load
-    size = sft_start(init).preset.image_size
-    data: TripletData = (
-        world_triplets(size, args.world_remix) if args.world else triplet_folders(args.data, size)
-    )
+    data = read_triplets(sft_start(init).preset.image_size)
     out = train_stylevar_sft(args.out, args.work_dir, cfg, data, init=init, progress=not args.quiet)
     if not args.quiet:
         sys.stderr.write(f"wrote the StyleVAR folder {out} ({len(data)} triplets, {cfg.steps} steps)\n")
@@ -1103,12 +1097,9 @@ def _train_parser(sub: Subparsers) -> None:
     subject_cli.add_train_parser(train_sub, _Formatter)
 
 
-def _train_stylevar_sft_parser(train_sub: Subparsers) -> None:
-    p = train_sub.add_parser(
-        "stylevar-sft",
-        help="StyleVAR supervised fine-tuning on style-transfer triplets",
-        formatter_class=_Formatter,
-    )
+def add_triplet_source(p: argparse.ArgumentParser) -> None:
+    """The triplets of `train stylevar-sft` and `train stylevar-grpo`: ``--data DIR`` or ``--world``, and
+    ``--world-remix F`` (read by :func:`triplet_source`)."""
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--data",
@@ -1125,6 +1116,31 @@ def _train_stylevar_sft_parser(train_sub: Subparsers) -> None:
         help="with --world: the share in [0, 1) of triplets in remixed looks (unnamed styles assembled from "
         "the training looks' parts), so that the style encoder learns parts rather than 21 names",
     )
+
+
+def triplet_source(args: argparse.Namespace) -> Callable[[int], TripletData]:
+    """Check :func:`add_triplet_source`'s flags now, before any weights load; the function returned reads
+    the triplets at a model's image size."""
+    if args.world_remix and not args.world:
+        raise ValueError("--world-remix is a share of --world's triplets")
+    if not 0 <= args.world_remix < 1:
+        raise ValueError(f"--world-remix must be in [0, 1), got {args.world_remix}")
+
+    def read(size: int) -> TripletData:
+        from scalestyle.data.triplets import triplet_folders, world_triplets
+
+        return world_triplets(size, args.world_remix) if args.world else triplet_folders(args.data, size)
+
+    return read
+
+
+def _train_stylevar_sft_parser(train_sub: Subparsers) -> None:
+    p = train_sub.add_parser(
+        "stylevar-sft",
+        help="StyleVAR supervised fine-tuning on style-transfer triplets",
+        formatter_class=_Formatter,
+    )
+    add_triplet_source(p)
     p.add_argument(
         "--init",
         default=None,

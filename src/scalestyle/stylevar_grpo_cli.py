@@ -17,27 +17,14 @@ def add_train_parser(
     train_sub: Any, formatter: type[argparse.HelpFormatter], at_least: Callable[[int], Callable[[str], int]]
 ) -> None:
     """``train stylevar-grpo`` on the ``train`` subparsers, with the CLI's formatter and integer check."""
+    from scalestyle.cli import add_triplet_source
+
     p = train_sub.add_parser(
         "stylevar-grpo",
         help="StyleVAR GRPO with LoRA, PANW and the iterative merge on style-transfer triplets",
         formatter_class=formatter,
     )
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--data",
-        action="append",
-        metavar="DIR",
-        help="an OmniStyle-150K or ImagePulse folder (repeat to join several)",
-    )
-    source.add_argument("--world", action="store_true", help="the procedural world's train-split triplets")
-    p.add_argument(
-        "--world-remix",
-        type=float,
-        default=0.0,
-        metavar="F",
-        help="with --world: the share in [0, 1) of triplets in remixed looks (as `train stylevar-sft`); "
-        "their styles have no name the world's judges know, so it takes --reward target",
-    )
+    add_triplet_source(p)
     p.add_argument(
         "--init",
         default=None,
@@ -72,15 +59,12 @@ def add_train_parser(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from scalestyle.data.triplets import TripletData, triplet_folders, world_triplets
+    from scalestyle.cli import triplet_source
     from scalestyle.pipeline import bundled_demo_dir, pick_device
     from scalestyle.train.rewards import DreamSimReward, PerceptualTargetReward, Reward, WorldJudgeReward
     from scalestyle.train.stylevar_grpo import GRPOConfig, init_preset, train_stylevar_grpo
 
-    if args.world_remix and not args.world:
-        raise ValueError("--world-remix is a share of --world's triplets")
-    if not 0 <= args.world_remix < 1:
-        raise ValueError(f"--world-remix must be in [0, 1), got {args.world_remix}")
+    read_triplets = triplet_source(args)
     if args.world_remix and args.reward == "world":
         # the judges would score a remixed look against whichever named style it happens to resemble
         raise ValueError("--world-remix takes --reward target: a remixed look's style has no name to judge")
@@ -100,10 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     cfg = replace(cfg, top_k=top_k, **{k: v for k, v in overrides.items() if v is not None})
     # the data is read (and checked) before any weights load
-    size = preset.image_size
-    data: TripletData = (
-        world_triplets(size, args.world_remix) if args.world else triplet_folders(args.data, size)
-    )
+    data = read_triplets(preset.image_size)
     device = pick_device(args.device)
     kind = args.reward or ("target" if args.world_remix else "world" if args.world else "dreamsim")
     reward: Reward
